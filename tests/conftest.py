@@ -1,0 +1,166 @@
+"""Fixtures that start real gunicorn servers running real modules on real engines."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from wagi.engines import importable
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULES = ROOT / "tests" / "modules"
+SAMPLES = ROOT / "samples"
+PROBE = MODULES / "probe.wasm"
+
+ENGINES = [name for name in ("wasmer", "wasmtime") if importable(name)[0]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A running ``gunicorn wagi.wsgi:app``."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def get(self, path: str, **kwargs: object) -> requests.Response:
+        return requests.get(self.url + path, timeout=30, allow_redirects=False, **kwargs)  # type: ignore[arg-type]
+
+    def post(self, path: str, data: bytes, **kwargs: object) -> requests.Response:
+        return requests.post(self.url + path, data=data, timeout=30, allow_redirects=False, **kwargs)  # type: ignore[arg-type]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def raw(self, request: bytes) -> bytes:
+        """Send raw bytes, return everything the server answers (the connection is closed)."""
+        host, port = self.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(request)
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def wait_until_healthy(process: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if requests.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"server did not become healthy:\n{log_path.read_text()}")
+
+
+def start_gunicorn(
+    tmp: Path,
+    config: Path,
+    engine: str,
+    *,
+    extra_env: dict[str, str] | None = None,
+    gunicorn_args: tuple[str, ...] = (),
+    workers: int = 2,
+    bind: str | None = None,
+    wait: bool = True,
+) -> Server:
+    port = free_port()
+    bind = bind or f"127.0.0.1:{port}"
+    log_path = tmp / f"gunicorn-{port}.log"
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("WAGI_")
+    } | {
+        "WAGI_CONFIG": str(config),
+        "WAGI_ENGINE": engine,
+        "WAGI_CACHE_DIR": str(tmp / "cache"),
+        **(extra_env or {}),
+    }
+    command = [
+        sys.executable, "-m", "gunicorn", "wagi.wsgi:app",
+        "-c", str(ROOT / "gunicorn.conf.py"),
+        "--bind", bind, "--workers", str(workers),
+        *gunicorn_args,
+    ]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log_path, env)
+    if wait:
+        try:
+            wait_until_healthy(process, server.url, log_path)
+        except Exception:
+            server.stop()
+            raise
+    return server
+
+
+def write_config(directory: Path, body: str) -> Path:
+    """Write a modules.toml; ``{probe}``, ``{modules}`` and ``{samples}`` are expanded."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "modules.toml"
+    path.write_text(
+        textwrap.dedent(body).format(probe=PROBE, modules=MODULES, samples=SAMPLES)
+    )
+    return path
+
+
+@pytest.fixture(params=ENGINES, scope="module")
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def server_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., Server]]:
+    servers: list[Server] = []
+
+    def factory(config_body: str, engine: str, **kwargs: object) -> Server:
+        tmp = tmp_path_factory.mktemp("server")
+        config = write_config(tmp, config_body)
+        server = start_gunicorn(tmp, config, engine, **kwargs)  # type: ignore[arg-type]
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop()
+
+
+def have(program: str) -> bool:
+    return shutil.which(program) is not None or Path("/usr/sbin/" + program).exists()

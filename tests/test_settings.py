@@ -1,0 +1,90 @@
+"""Server options: flags, WAGI_* variables and defaults come from one declaration."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from wagi import settings
+from wagi.cgi_request import build_argv
+
+
+def parse(argv: list[str], environ: dict[str, str] | None = None) -> settings.ServerSettings:
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser)
+    return settings.load(parser.parse_args(argv), environ or {})
+
+
+def test_defaults() -> None:
+    s = parse([])
+    assert s.config == Path("modules.toml")
+    assert s.engine == "auto"
+    assert s.timeout == 30.0
+    assert s.max_body == 10 * 1024 * 1024
+    assert s.env == ()
+
+
+def test_flags_win_over_environment() -> None:
+    s = parse(["--timeout", "5", "--env", "A=1", "--env", "B=x y"],
+              {"WAGI_TIMEOUT": "9", "WAGI_ENV": "C=3", "WAGI_MAX_BODY": "1 KiB"})
+    assert s.timeout == 5.0
+    assert s.env == (("A", "1"), ("B", "x y"))
+    assert s.max_body == 1024
+
+
+def test_environment_round_trip() -> None:
+    s = parse(["--env", "A=two words", "--max-memory", "64 MiB", "--engine", "wasmtime",
+               "--log-dir", "/tmp/logs", "--cache-dir", ""])
+    again = settings.load(None, settings.to_environ(s))
+    assert again == s
+    assert again.cache_dir is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--timeout", "0"], "--timeout: a timeout must be a positive number"),
+        (["--engine", "v8"], "--engine: expected one of auto, wasmer, wasmtime"),
+        (["--max-body", "big"], "--max-body: expected a size"),
+        (["--env", "novalue"], "--env: expected NAME=value"),
+        (["--trusted-proxy-hops", "-1"], "--trusted-proxy-hops: expected 0 or more"),
+    ],
+)
+def test_bad_values_name_the_flag(argv: list[str], message: str) -> None:
+    with pytest.raises(settings.SettingsError, match=message):
+        parse(argv)
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(settings.SettingsError, match="WAGI_TIMEOUT: expected a number"):
+        parse([], {"WAGI_TIMEOUT": "soon"})
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [("1", 1), ("2k", 2000), ("3 KiB", 3072), ("64 MiB", 64 << 20), ("1GiB", 1 << 30), (7, 7)],
+)
+def test_byte_sizes(size: str | int, expected: int) -> None:
+    assert settings.parse_byte_size(size) == expected
+
+
+@pytest.mark.parametrize(
+    ("template", "query", "argv"),
+    [
+        ("${SCRIPT_NAME} ${ARGS}", "greet=matt&foo=bar", ["/env", "greet=matt", "foo=bar"]),
+        ("${SCRIPT_NAME} ${ARGS}", "", ["/env"]),
+        ("${SCRIPT_NAME} ${ARGS}", "a=1&&b=%20x&", ["/env", "a=1", "b=%20x"]),
+        ("${SCRIPT_NAME} --flag ${ARGS}", "x", ["/env", "--flag", "x"]),
+        ("prog", "ignored", ["prog"]),
+    ],
+)
+def test_argv_template(template: str, query: str, argv: list[str]) -> None:
+    assert build_argv(template, "/env", query) == argv
+
+
+def test_reference_table_lists_every_setting() -> None:
+    table = settings.reference_table()
+    for s in settings.SETTINGS:
+        assert s.flag in table and s.env_var in table

@@ -1,0 +1,110 @@
+"""Turning what a module printed into an HTTP status, headers and body.
+
+A CGI response is a header block, an empty line, then the body (RFC 3875
+section 6)::
+
+    >>> r = parse_cgi_response(b"Content-Type: text/plain\\r\\nStatus: 404 Gone\\r\\n\\r\\nbye")
+    >>> r.status, r.reason, r.headers, r.body
+    (404, 'Gone', [('Content-Type', 'text/plain')], b'bye')
+
+The rules (SPEC section 5): headers end at the first empty line, LF or CRLF;
+carriage returns inside the header block are ignored; the body is passed
+through byte for byte. ``Status: NNN [reason]`` sets the status and always wins;
+``Location`` without ``Status`` means 302. A response needs ``Content-Type``,
+``Location`` or ``Status``. Hop-by-hop headers are dropped, and so is any
+``Content-Length`` (the server measures the body itself).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_STATUS = re.compile(r"([1-5][0-9][0-9])(?:[ \t]+(.*))?")
+_FORBIDDEN_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+DROPPED_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    }
+)
+
+
+class BadCgiResponse(ValueError):
+    """The module's output is not a valid CGI response; the message says why (for the log)."""
+
+
+@dataclass(frozen=True)
+class CgiResponse:
+    status: int
+    reason: str | None
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+def _split_header_block(output: bytes) -> tuple[list[bytes], bytes]:
+    lines = []
+    start = 0
+    while True:
+        end = output.find(b"\n", start)
+        if end < 0:
+            raise BadCgiResponse("no empty line ends the header block")
+        line = output[start:end].replace(b"\r", b"")
+        start = end + 1
+        if not line:
+            return lines, output[start:]
+        lines.append(line)
+
+
+def parse_cgi_response(output: bytes) -> CgiResponse:
+    """Parse a module's stdout; raise :class:`BadCgiResponse` if it is not a CGI response."""
+    lines, body = _split_header_block(output)
+    headers: list[tuple[str, str]] = []
+    status: int | None = None
+    reason: str | None = None
+    has_location = has_content_type = False
+    for line in lines:
+        name_bytes, colon, value_bytes = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name_bytes):
+            raise BadCgiResponse(f"invalid header line {line[:80]!r}")
+        value_bytes = value_bytes.strip(b" \t")
+        if _FORBIDDEN_IN_VALUE.search(value_bytes):
+            raise BadCgiResponse(f"control character in header {name_bytes[:80]!r}")
+        name = name_bytes.decode("ascii")
+        # WSGI carries header values as latin-1 strings: every byte survives.
+        value = value_bytes.decode("latin-1")
+        key = name.lower()
+        if key == "status":
+            if status is not None:
+                raise BadCgiResponse("more than one Status header")
+            match = _STATUS.fullmatch(value)
+            if match is None:
+                raise BadCgiResponse(f"invalid Status {value[:80]!r}")
+            status = int(match.group(1))
+            reason = (match.group(2) or "").strip() or None
+            continue
+        if key == "location":
+            has_location = True
+        elif key == "content-type":
+            has_content_type = True
+        if key not in DROPPED_HEADERS:
+            headers.append((name, value))
+    if status is None:
+        if has_location:
+            status = 302
+        elif has_content_type:
+            status = 200
+        else:
+            raise BadCgiResponse("the response has none of Content-Type, Location or Status")
+    return CgiResponse(status=status, reason=reason, headers=headers, body=body)

@@ -1,0 +1,169 @@
+"""The ``wagi`` command: ``serve``, ``run`` and ``check``.
+
+Every server option (see :mod:`wagi.settings`) is a flag of each command and a
+``WAGI_*`` environment variable; flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Response
+
+from wagi import __version__
+from wagi import settings as wagi_settings
+from wagi.config import Config, ConfigError, load_config
+from wagi.engines import EngineChoice, EngineUnavailable, choose_engine
+from wagi.gateway import Gateway, StartupError
+
+DESCRIPTION = "wagi: run WebAssembly (WASI) modules as CGI handlers behind gunicorn."
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wagi", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"wagi {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the routes of modules.toml with gunicorn",
+        description="Serve modules.toml with gunicorn's pre-fork workers. Options wagi does not "
+        "know (--bind, --workers, --certfile, ...) are passed to gunicorn.",
+        epilog="example: wagi serve --config samples/modules.toml --bind 127.0.0.1:3000",
+        allow_abbrev=False,
+    )
+    wagi_settings.add_arguments(serve)
+
+    run = commands.add_parser(
+        "run",
+        help="answer one request from the command line, without a server",
+        description="Answer one HTTP request with the configured modules and print the HTTP "
+        "response (status line, headers, blank line, body) to stdout.",
+        epilog="example: wagi run --config samples/modules.toml '/env/x?greet=matt'",
+    )
+    run.add_argument("path", help="request path with optional query, e.g. '/env?a=1'")
+    run.add_argument("-X", "--method", default="GET", help="request method [GET]")
+    run.add_argument(
+        "-H", "--header", action="append", default=[], metavar="'NAME: value'",
+        help="request header (repeatable)",
+    )
+    body = run.add_mutually_exclusive_group()
+    body.add_argument("-d", "--data", help="request body")
+    body.add_argument("--data-file", type=Path, metavar="PATH", help="request body from a file "
+                      "('-' for stdin)")
+    wagi_settings.add_arguments(run)
+
+    check = commands.add_parser(
+        "check",
+        help="check modules.toml, compile its modules and print the routing table",
+        description="Check the configuration, choose the engine, compile every module (filling "
+        "the cache) and print the routing table, most specific route first.",
+    )
+    check.add_argument("--quiet", action="store_true", help="print only the summary")
+    wagi_settings.add_arguments(check)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> tuple[wagi_settings.ServerSettings, Config, EngineChoice]:
+    server_settings = wagi_settings.load(args)
+    config = load_config(server_settings.config)
+    choice = choose_engine(server_settings.engine, config, server_settings.max_memory)
+    return server_settings, config, choice
+
+
+def check(args: argparse.Namespace) -> int:
+    server_settings, config, choice = _load(args)
+    gateway = Gateway.create(server_settings, config, choice)
+    routes = gateway.table.routes()
+    print(
+        f"wagi {__version__}: {config.path}: {len(routes)} routes; engine {choice.name} "
+        f"{gateway.engine.version} ({choice.reason}); {choice.describe_limits()}"
+    )
+    if not args.quiet:
+        width = max(len(r.pattern) for r in routes)
+        for route in routes:
+            handler = route.handler
+            print(f"  {route.pattern:<{width}}  {handler.entry.module.name}  {handler.entrypoint}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    server_settings, config, choice = _load(args)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+    gateway = Gateway.create(server_settings, config, choice)
+    headers = []
+    for header in args.header:
+        name, sep, value = header.partition(":")
+        if not sep:
+            raise ConfigError(f"--header: expected 'Name: value', got {header!r}")
+        headers.append((name.strip(), value.strip()))
+    if args.data_file is not None:
+        data = sys.stdin.buffer.read() if str(args.data_file) == "-" else args.data_file.read_bytes()
+    else:
+        data = (args.data or "").encode()
+    path, _, query = args.path.partition("?")
+    builder = EnvironBuilder(
+        path=path,
+        query_string=query,
+        method=args.method.upper(),
+        headers=headers,
+        data=data,
+        environ_overrides={"RAW_URI": args.path, "REMOTE_ADDR": "127.0.0.1"},
+    )
+    environ = builder.get_environ()
+    if not any(name.lower() == "host" for name, _ in headers):
+        environ.pop("HTTP_HOST", None)
+    response = Response.from_app(gateway, environ)
+    out = sys.stdout.buffer
+    out.write(f"HTTP/1.1 {response.status}\r\n".encode("latin-1"))
+    for name, value in response.headers.items():
+        out.write(f"{name}: {value}\r\n".encode("latin-1"))
+    out.write(b"\r\n")
+    out.write(response.get_data())
+    out.flush()
+    return 0
+
+
+def serve(args: argparse.Namespace, gunicorn_args: Sequence[str]) -> int:
+    server_settings = wagi_settings.load(args)
+    config = load_config(server_settings.config)
+    choose_engine(server_settings.engine, config, server_settings.max_memory)
+    # Workers read their settings from the environment, with an absolute config path so
+    # gunicorn's --chdir cannot change which file they read.
+    environ = wagi_settings.to_environ(server_settings)
+    environ["WAGI_CONFIG"] = str(Path(server_settings.config).resolve())
+    if server_settings.env_file is not None:
+        environ["WAGI_ENV_FILE"] = str(server_settings.env_file.resolve())
+    os.environ.update(environ)
+
+    from gunicorn.app.wsgiapp import WSGIApplication
+
+    sys.argv = ["wagi serve", "-c", "python:wagi.gunicorn_conf", *gunicorn_args, "wagi.wsgi:app"]
+    WSGIApplication("%(prog)s [OPTIONS]").run()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "serve":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.command == "serve":
+            return serve(args, extra)
+        if args.command == "run":
+            return run(args)
+        return check(args)
+    except (ConfigError, StartupError, EngineUnavailable, wagi_settings.SettingsError) as exc:
+        print(f"wagi: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The narrow interface between wagi and a WebAssembly engine.
+
+An engine knows how to compile a WASI module and run one of its exports with
+a given argv, environment, stdin and set of preopened directories. It knows
+nothing about HTTP: the CGI layer turns a request into an :class:`Invocation`
+and turns the :class:`RunResult` back into a response.
+
+Example::
+
+    engine = WasmtimeEngine(cache=ArtifactCache(cache_dir))
+    module = engine.load(Path("hello.wasm"))
+    result = engine.run(module, Invocation(entrypoint="_start", argv=["/hello"]))
+    assert result.ending is Ending.RETURNED
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+
+class EngineError(Exception):
+    """A module could not be compiled, loaded or instantiated."""
+
+
+@dataclass(frozen=True)
+class Preopen:
+    """A host directory the module sees at ``guest_path`` (a WASI preopen)."""
+
+    guest_path: str
+    host_path: Path
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one run may consume. ``None`` means unlimited."""
+
+    timeout: float | None = None
+    """Wall-clock seconds before the run is stopped."""
+    max_memory: int | None = None
+    """Bytes of linear memory the instance may grow to."""
+    max_output: int | None = None
+    """Bytes the module may write to stdout."""
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """Everything one run of a module gets: nothing of the host leaks in."""
+
+    entrypoint: str = "_start"
+    argv: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    stdin: bytes = b""
+    preopens: Sequence[Preopen] = ()
+    limits: Limits = Limits()
+
+
+class Ending(enum.Enum):
+    """How a run ended."""
+
+    RETURNED = "returned"
+    """The export returned, or the module called ``proc_exit(0)``."""
+    EXITED = "exited"
+    """The module called ``proc_exit`` with a non-zero code."""
+    TRAPPED = "trapped"
+    """A trap: unreachable, out-of-bounds access, stack overflow, ..."""
+    TIMED_OUT = "timed out"
+    """The run passed ``Limits.timeout`` and was interrupted."""
+    OUTPUT_TOO_LARGE = "output too large"
+    """The module wrote more than ``Limits.max_output`` bytes to stdout."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of one run: the bytes written to stdout/stderr and how it ended."""
+
+    ending: Ending
+    stdout: bytes = b""
+    stderr: bytes = b""
+    exit_code: int = 0
+    detail: str = ""
+    """Engine-specific description (a trap message), for the log only."""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.ending is Ending.RETURNED
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can enforce. Settings it cannot honour are refused at start-up."""
+
+    volumes: bool
+    """Preopened directories that confine the module (no escape through ``..`` or symlinks)."""
+    read_only_volumes: bool
+    memory_limit: bool
+    interruptible: bool
+    """A running module can be stopped at its timeout without ending the process."""
+
+
+class LoadedModule(abc.ABC):
+    """A compiled module, ready to be instantiated many times."""
+
+    path: Path
+    exports: frozenset[str]
+    """Names of the exported functions."""
+
+
+class Engine(abc.ABC):
+    """A WebAssembly runtime that runs WASI commands."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    @property
+    @abc.abstractmethod
+    def version(self) -> str:
+        """The runtime's version, part of the compiled-artifact cache key."""
+
+    @abc.abstractmethod
+    def load(self, path: Path) -> LoadedModule:
+        """Compile (or fetch from the artifact cache) a ``.wasm`` or ``.wat`` file.
+
+        Raises :class:`EngineError` with a readable message when the file is not a
+        valid module.
+        """
+
+    @abc.abstractmethod
+    def run(self, module: LoadedModule, invocation: Invocation) -> RunResult:
+        """Instantiate ``module`` with WASI and call ``invocation.entrypoint``.
+
+        Every outcome of the guest (return, exit, trap, timeout) is a
+        :class:`RunResult`; only a failure to instantiate (say, a missing import)
+        raises :class:`EngineError`.
+        """

@@ -1,0 +1,299 @@
+"""The WSGI application: a request in, a module run, a response out.
+
+:meth:`Gateway.create` does all the work that can be done once per worker:
+choose and create the engine, compile every module, ask modules that export
+``_routes`` for their sub-routes, and build the routing table. Serving a
+request only looks things up::
+
+    raw path -> routing table -> CGI request -> engine run -> CGI response -> WSGI response
+
+Nothing here knows which engine runs; the only engine fact it uses is whether
+a running module can be interrupted (if not, a :class:`~wagi.watchdog.Watchdog`
+answers 504 when a module overruns its timeout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.wrappers import Request, Response
+
+from wagi.cgi_request import build_argv, cgi_variables, raw_path_and_query
+from wagi.cgi_response import BadCgiResponse, parse_cgi_response
+from wagi.config import Config, ConfigError, ModuleEntry, load_env_file
+from wagi.engines import EngineChoice, choose_engine, create_engine
+from wagi.engines.base import Engine, EngineError, Ending, Invocation, Limits, Preopen, RunResult
+from wagi.loader import ModuleLoader
+from wagi.module_log import ModuleLog
+from wagi.routing import Route, RoutingTable, join_subroute
+from wagi.settings import ServerSettings
+from wagi.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+logger = logging.getLogger("wagi")
+
+HEALTH_PATH = "/healthz"
+ROUTES_EXPORT = "_routes"
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says which file, route and key."""
+
+
+@dataclass(frozen=True)
+class Handler:
+    """What a route runs: a module's export, with everything fixed at start-up."""
+
+    entry: ModuleEntry
+    entrypoint: str
+    environment: Mapping[str, str]
+    """Global variables, then the module's own; the CGI variables go on top per request."""
+    preopens: tuple[Preopen, ...]
+    limits: Limits
+
+
+class CgiHttpResponse(Response):
+    # A module that sends only ``Status: 204`` gets no invented Content-Type.
+    default_mimetype = None
+
+
+def error_response(status: int, message: str = "") -> Response:
+    """A short plain-text error: what went wrong, never the internals (those go to the log)."""
+    phrase = HTTPStatus(status).phrase
+    text = f"{status} {phrase}" + (f": {message}" if message else "") + "\n"
+    return Response(text, status=status, content_type="text/plain; charset=utf-8")
+
+
+def global_environment(settings: ServerSettings) -> dict[str, str]:
+    """``--env-file`` first, then ``--env`` (which wins)."""
+    env: dict[str, str] = {}
+    if settings.env_file is not None:
+        env.update(load_env_file(settings.env_file))
+    env.update(settings.env)
+    return env
+
+
+def make_handler(
+    entry: ModuleEntry, entrypoint: str, global_env: Mapping[str, str], settings: ServerSettings
+) -> Handler:
+    return Handler(
+        entry=entry,
+        entrypoint=entrypoint,
+        environment={**global_env, **dict(entry.environment)},
+        preopens=tuple(Preopen(v.guest_path, v.host_path, v.read_only) for v in entry.volumes),
+        limits=Limits(
+            timeout=entry.timeout or settings.timeout,
+            max_memory=entry.max_memory or settings.max_memory,
+            max_output=settings.max_response,
+        ),
+    )
+
+
+def parse_routes_output(entry: ModuleEntry, output: bytes, exports: Iterable[str]) -> list[
+    tuple[str, str]
+]:
+    """``_routes`` prints ``<pattern> <export>`` lines; return (full route, export) pairs."""
+    where = f"{entry.module}: _routes of [[module]] #{entry.index} (route {entry.route!r})"
+    known = set(exports)
+    pairs = []
+    for number, raw in enumerate(output.decode("utf-8", "replace").splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise StartupError(f"{where}, line {number}: expected '<route> <export>', got {raw!r}")
+        pattern, export = parts
+        try:
+            route = join_subroute(entry.route, pattern)
+        except ValueError as exc:
+            raise StartupError(f"{where}, line {number}: {exc}") from None
+        if export not in known:
+            raise StartupError(
+                f"{where}, line {number}: the module has no exported function {export!r}"
+            )
+        pairs.append((route, export))
+    return pairs
+
+
+def build_routing_table(
+    config: Config, engine: Engine, loader: ModuleLoader, settings: ServerSettings
+) -> RoutingTable[Handler]:
+    """Compile every module and collect every route, including ``_routes`` sub-routes."""
+    try:
+        global_env = global_environment(settings)
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
+    routes: list[Route[Handler]] = []
+    for entry in config.modules:
+        where = f"{config.path}: [[module]] #{entry.index} (route {entry.route!r})"
+        try:
+            module = loader.get(entry.module)
+        except (EngineError, OSError) as exc:
+            raise StartupError(f"{where}, key 'module': cannot load {entry.module}: {exc}") from None
+        if entry.entrypoint not in module.exports:
+            raise StartupError(
+                f"{where}, key 'entrypoint': the module exports no function "
+                f"{entry.entrypoint!r} (it exports: {', '.join(sorted(module.exports)) or 'none'})"
+            )
+        parent = make_handler(entry, entry.entrypoint, global_env, settings)
+        routes.append(Route(entry.route, parent, (entry.index, 0)))
+        if ROUTES_EXPORT not in module.exports:
+            continue
+        listing = dataclasses.replace(parent, entrypoint=ROUTES_EXPORT)
+        try:
+            result = engine.run(module, invocation_for(listing, [entry.route], {}, b""))
+        except EngineError as exc:
+            raise StartupError(f"{where}: running _routes failed: {exc}") from None
+        if not result.succeeded:
+            raise StartupError(f"{where}: _routes {result.ending.value}: {result.detail}")
+        pairs = parse_routes_output(entry, result.stdout, module.exports)
+        for number, (pattern, export) in enumerate(pairs, start=1):
+            handler = make_handler(entry, export, global_env, settings)
+            routes.append(Route(pattern, handler, (entry.index, number)))
+    return RoutingTable(routes)
+
+
+def invocation_for(
+    handler: Handler, argv: list[str], cgi_env: Mapping[str, str], stdin: bytes
+) -> Invocation:
+    return Invocation(
+        entrypoint=handler.entrypoint,
+        argv=argv,
+        env={**handler.environment, **cgi_env},
+        stdin=stdin,
+        preopens=handler.preopens,
+        limits=handler.limits,
+    )
+
+
+class Gateway:
+    """The WSGI application of one worker."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        engine: Engine,
+        loader: ModuleLoader,
+        table: RoutingTable[Handler],
+        module_log: ModuleLog,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.loader = loader
+        self.table = table
+        self.module_log = module_log
+        self.watchdog: Watchdog | None = None
+        self.wsgi_app: Any = self.app
+        if settings.proxy_hops:
+            hops = settings.proxy_hops
+            self.wsgi_app = ProxyFix(self.app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
+
+    @classmethod
+    def create(
+        cls, settings: ServerSettings, config: Config, choice: EngineChoice | None = None
+    ) -> Gateway:
+        """Everything a worker needs to serve: engine, compiled modules, routing table."""
+        if choice is None:
+            choice = choose_engine(settings.engine, config, settings.max_memory)
+        engine = create_engine(choice.name, settings.cache_dir)
+        loader = ModuleLoader(engine)
+        table = build_routing_table(config, engine, loader, settings)
+        gateway = cls(settings, engine, loader, table, ModuleLog(settings.log_dir))
+        return gateway
+
+    def start_watchdog(self) -> None:
+        """Start the 504 watchdog if the engine cannot interrupt modules (gunicorn workers)."""
+        if not self.engine.capabilities.interruptible and self.watchdog is None:
+            self.watchdog = Watchdog()
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        return self.wsgi_app(environ, start_response)  # type: ignore[no-any-return]
+
+    def app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        request = Request(environ)
+        request.max_content_length = self.settings.max_body
+        response = self.respond(request)
+        return response(environ, start_response)
+
+    def respond(self, request: Request) -> Response:
+        raw_path, query = raw_path_and_query(request.environ)
+        if raw_path == HEALTH_PATH and request.method in ("GET", "HEAD"):
+            return Response("OK", content_type="text/plain; charset=utf-8")
+        match = self.table.match(raw_path)
+        if match is None:
+            return error_response(404)
+        try:
+            body = request.get_data(cache=False)
+        except RequestEntityTooLarge:
+            return error_response(413, f"the body is larger than {self.settings.max_body} bytes")
+        except BadRequest:
+            return error_response(400, "the request body could not be read")
+        handler = match.handler
+        route = match.route.pattern
+        cgi_env = cgi_variables(
+            request,
+            raw_path=raw_path,
+            query=query,
+            script_name=match.script_name,
+            raw_path_info=match.raw_path_info,
+            matched_route=route,
+            body_length=len(body),
+            default_host=self.settings.default_host,
+        )
+        argv = build_argv(handler.entry.argv, match.script_name, query)
+        try:
+            module = self.loader.get(handler.entry.module)
+        except (EngineError, OSError) as exc:
+            logger.error("[%s] cannot load %s: %s", route, handler.entry.module, exc)
+            return error_response(500, "the module could not be loaded")
+        invocation = invocation_for(handler, argv, cgi_env, body)
+        try:
+            result = self.run(module, invocation, request.environ.get("gunicorn.socket"))
+        except EngineError as exc:
+            logger.error("[%s] cannot run %s: %s", route, handler.entry.module, exc)
+            return error_response(500, "the module could not be started")
+        self.module_log.write(route, result.stderr)
+        return self.to_response(route, result)
+
+    def run(self, module: Any, invocation: Invocation, client: Any) -> RunResult:
+        watchdog = self.watchdog
+        timeout = invocation.limits.timeout
+        if watchdog is None or timeout is None or not isinstance(client, socket.socket):
+            return self.engine.run(module, invocation)
+        watchdog.arm(client, timeout)
+        try:
+            return self.engine.run(module, invocation)
+        finally:
+            watchdog.disarm()
+
+    def to_response(self, route: str, result: RunResult) -> Response:
+        if result.ending is Ending.TIMED_OUT:
+            logger.error("[%s] timed out after %ss", route, result.detail or "its timeout")
+            return error_response(504, "the module timed out")
+        if result.ending is Ending.OUTPUT_TOO_LARGE:
+            logger.error("[%s] wrote more than %d bytes", route, self.settings.max_response)
+            return error_response(500, "the module's response was too large")
+        if result.ending is Ending.EXITED:
+            logger.error("[%s] exited with code %d", route, result.exit_code)
+            return error_response(500, "the module failed")
+        if result.ending is Ending.TRAPPED:
+            logger.error("[%s] trapped: %s", route, result.detail)
+            return error_response(500, "the module failed")
+        try:
+            cgi = parse_cgi_response(result.stdout)
+        except BadCgiResponse as exc:
+            logger.error("[%s] invalid CGI response: %s", route, exc)
+            return error_response(500, "the module's response was not valid CGI")
+        status: int | str = f"{cgi.status} {cgi.reason}" if cgi.reason else cgi.status
+        return CgiHttpResponse(cgi.body, status=status, headers=cgi.headers)

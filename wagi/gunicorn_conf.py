@@ -1,0 +1,55 @@
+"""gunicorn settings for wagi (``gunicorn.conf.py`` at the top of the repository loads these).
+
+Modules are CPU-bound and a sync worker runs one at a time, so the pool is
+sized to the cores; gunicorn's own timeout is a backstop well above wagi's
+per-module timeout (which answers 504 itself).
+
+The hooks keep engines out of the master (SPEC section 1): ``on_starting``
+checks the configuration and compiles every module in a separate, freshly
+started process (``wagi check``), filling the shared artifact cache;
+``post_worker_init`` builds each worker's engine and routing table from it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+from typing import Any
+
+bind = os.environ.get("WAGI_BIND", "127.0.0.1:3000")
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
+worker_class = "sync"
+timeout = 120
+graceful_timeout = 10
+keepalive = 5
+# Only --trusted-proxy-hops decides whom to believe about the scheme and client address.
+secure_scheme_headers: dict[str, str] = {}
+forwarded_allow_ips = "127.0.0.1,::1"
+accesslog = "-"
+errorlog = "-"
+loglevel = "info"
+
+
+def on_starting(server: Any) -> None:
+    """Check and precompile in a helper process; refuse to start on any configuration error."""
+    result = subprocess.run(
+        [sys.executable, "-m", "wagi", "check", "--quiet"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        server.log.error("wagi cannot start:\n%s", (result.stderr or result.stdout).strip())
+        sys.exit(1)
+    for line in result.stdout.strip().splitlines():
+        server.log.info("%s", line)
+
+
+def post_worker_init(worker: Any) -> None:
+    """Create this worker's engine and routing table before it accepts a request."""
+    app = worker.wsgi
+    start = getattr(app, "start", None)
+    if start is not None:
+        start()

@@ -1,0 +1,30 @@
+"""Compiled modules of one worker: compiled once, recompiled when the file changes.
+
+A module file replaced on disk is picked up by the next request without a
+restart: each lookup compares the file's identity (inode, size, mtime) with the
+one it was compiled from, a single ``stat`` call.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from wagi.engines.base import Engine, LoadedModule
+
+
+class ModuleLoader:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._modules: dict[Path, tuple[tuple[int, int, int], LoadedModule]] = {}
+
+    def get(self, path: Path) -> LoadedModule:
+        """The compiled module for ``path``; raises EngineError or OSError if it cannot load."""
+        st = os.stat(path)
+        identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._modules.get(path)
+        if cached is not None and cached[0] == identity:
+            return cached[1]
+        module = self.engine.load(path)
+        self._modules[path] = (identity, module)
+        return module

@@ -1,0 +1,38 @@
+"""Where a module's stderr goes: a file per route under the log dir, else the error log.
+
+Every line is tagged with the route, so a shared log still says which module
+wrote it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+logger = logging.getLogger("wagi.module")
+
+
+class ModuleLog:
+    def __init__(self, log_dir: Path | None) -> None:
+        self.log_dir = log_dir
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+
+    def file_for(self, route: str) -> Path:
+        assert self.log_dir is not None
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", route.strip("/")) or "_root"
+        return self.log_dir / f"{name}.stderr.log"
+
+    def write(self, route: str, stderr: bytes) -> None:
+        if not stderr:
+            return
+        lines = stderr.decode("utf-8", "replace").splitlines()
+        if self.log_dir is None:
+            for line in lines:
+                logger.info("[%s] %s", route, line)
+            return
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        with open(self.file_for(route), "a", encoding="utf-8") as out:
+            out.writelines(f"{stamp} [{route}] {line}\n" for line in lines)

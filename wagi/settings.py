@@ -1,0 +1,321 @@
+"""Server options, each declared once.
+
+Every option has one :class:`Setting`: its name, command-line flag, ``WAGI_*``
+environment variable, default and parser. The ``wagi`` command line, the
+environment read by ``gunicorn wagi.wsgi:app`` and the README's reference table
+all come from :data:`SETTINGS` (the habit of gunicorn's ``config.py``).
+
+``wagi serve --timeout 5`` and ``WAGI_TIMEOUT=5 gunicorn wagi.wsgi:app`` mean the
+same thing: ``wagi serve`` passes its options to the workers as ``WAGI_*``
+variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENGINE_CHOICES = ("auto", "wasmer", "wasmtime")
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+
+
+def parse_byte_size(value: str | int) -> int:
+    """``"64 MiB"`` -> 67108864; a bare integer is a number of bytes.
+
+    >>> parse_byte_size("1 KiB")
+    1024
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size in bytes, got {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(value))
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _UNITS:
+            raise ValueError(
+                f"expected a size such as 1048576, '512 KiB' or '64 MiB', got {value!r}"
+            )
+        size = int(match.group(1)) * _UNITS[unit]
+    if size <= 0:
+        raise ValueError(f"a size must be positive, got {value!r}")
+    return size
+
+
+def parse_seconds(value: str | float) -> float:
+    """A positive number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number of seconds, got {value!r}")
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number of seconds, got {value!r}") from None
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"a timeout must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def parse_env_pair(value: str) -> tuple[str, str]:
+    """``"NAME=value"`` -> ``("NAME", "value")``."""
+    name, sep, val = value.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"expected NAME=value, got {value!r}")
+    return name, val
+
+
+def _parse_engine(value: str) -> str:
+    if value not in ENGINE_CHOICES:
+        raise ValueError(f"expected one of {', '.join(ENGINE_CHOICES)}, got {value!r}")
+    return value
+
+
+def _parse_optional_path(value: str) -> Path | None:
+    return Path(value) if value else None
+
+
+def _parse_hops(value: str) -> int:
+    hops = int(value)
+    if hops < 0:
+        raise ValueError(f"expected 0 or more proxy hops, got {value!r}")
+    return hops
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "wagi"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One server option: where it comes from and how it is parsed."""
+
+    name: str
+    flag: str
+    help: str
+    default: Any
+    parse: Callable[[str], Any]
+    metavar: str = "VALUE"
+    repeatable: bool = False
+
+    @property
+    def env_var(self) -> str:
+        return "WAGI_" + self.name.upper()
+
+
+SETTINGS: Sequence[Setting] = (
+    Setting(
+        "config",
+        "--config",
+        "Path of the modules.toml that maps routes to modules.",
+        Path("modules.toml"),
+        Path,
+        metavar="PATH",
+    ),
+    Setting(
+        "env",
+        "--env",
+        "Environment variable NAME=value for every module (repeatable; wins over --env-file). "
+        "As WAGI_ENV: shell-quoted pairs separated by spaces.",
+        (),
+        parse_env_pair,
+        metavar="NAME=value",
+        repeatable=True,
+    ),
+    Setting(
+        "env_file",
+        "--env-file",
+        "File of NAME=value lines passed to every module.",
+        None,
+        _parse_optional_path,
+        metavar="PATH",
+    ),
+    Setting(
+        "default_host",
+        "--default-host",
+        "Host (and port) used for SERVER_NAME/SERVER_PORT when a request has no Host header.",
+        "localhost:3000",
+        str,
+        metavar="HOST[:PORT]",
+    ),
+    Setting(
+        "log_dir",
+        "--log-dir",
+        "Directory for module stderr, one file per route; by default it goes to the error log.",
+        None,
+        _parse_optional_path,
+        metavar="DIR",
+    ),
+    Setting(
+        "cache_dir",
+        "--cache-dir",
+        "Directory of compiled modules shared by the workers ('' disables the cache).",
+        _default_cache_dir(),
+        _parse_optional_path,
+        metavar="DIR",
+    ),
+    Setting(
+        "engine",
+        "--engine",
+        "WebAssembly engine: auto (wasmer where it can honour the configuration, else "
+        "wasmtime), wasmer or wasmtime.",
+        "auto",
+        _parse_engine,
+        metavar="|".join(ENGINE_CHOICES),
+    ),
+    Setting(
+        "timeout",
+        "--timeout",
+        "Seconds a module may run before the request gets 504 (per-module `timeout` wins).",
+        30.0,
+        parse_seconds,
+        metavar="SECONDS",
+    ),
+    Setting(
+        "max_memory",
+        "--max-memory",
+        "Linear memory a module may use, e.g. '256 MiB' (per-module `max_memory` wins); "
+        "unset means the WebAssembly maximum.",
+        None,
+        lambda v: parse_byte_size(v) if v else None,
+        metavar="SIZE",
+    ),
+    Setting(
+        "max_body",
+        "--max-body",
+        "Largest request body accepted; larger bodies get 413.",
+        10 * 1024**2,
+        parse_byte_size,
+        metavar="SIZE",
+    ),
+    Setting(
+        "max_response",
+        "--max-response",
+        "Largest output a module may write to stdout; more gives 500.",
+        64 * 1024**2,
+        parse_byte_size,
+        metavar="SIZE",
+    ),
+    Setting(
+        "proxy_hops",
+        "--trusted-proxy-hops",
+        "Number of reverse proxies in front of wagi whose X-Forwarded-For/-Proto/-Host/-Port "
+        "headers are trusted (0 trusts none).",
+        0,
+        _parse_hops,
+        metavar="N",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The parsed server options (see :data:`SETTINGS` for what each means)."""
+
+    config: Path = Path("modules.toml")
+    env: tuple[tuple[str, str], ...] = ()
+    env_file: Path | None = None
+    default_host: str = "localhost:3000"
+    log_dir: Path | None = None
+    cache_dir: Path | None = field(default_factory=_default_cache_dir)
+    engine: str = "auto"
+    timeout: float = 30.0
+    max_memory: int | None = None
+    max_body: int = 10 * 1024**2
+    max_response: int = 64 * 1024**2
+    proxy_hops: int = 0
+
+
+assert [s.name for s in SETTINGS] == [f.name for f in fields(ServerSettings)]
+
+
+class SettingsError(ValueError):
+    """An option has a value that cannot be parsed."""
+
+
+def _parse(setting: Setting, raw: str, source: str) -> Any:
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{source}: {exc}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; unset flags stay ``None`` so the environment can fill them."""
+    for setting in SETTINGS:
+        parser.add_argument(
+            setting.flag,
+            dest=setting.name,
+            metavar=setting.metavar,
+            action="append" if setting.repeatable else "store",
+            default=None,
+            help=f"{setting.help} [env {setting.env_var}; default {_show(setting.default)}]",
+        )
+
+
+def _show(value: Any) -> str:
+    if value in (None, ()):
+        return "unset"
+    return str(value)
+
+
+def load(
+    args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+) -> ServerSettings:
+    """Settings from command-line ``args`` first, then ``WAGI_*`` variables, then defaults."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        given = getattr(args, setting.name, None) if args is not None else None
+        if given is not None:
+            raw_items = given if setting.repeatable else [given]
+            source = setting.flag
+        elif setting.env_var in environ:
+            text = environ[setting.env_var]
+            raw_items = shlex.split(text) if setting.repeatable else [text]
+            source = setting.env_var
+        else:
+            continue
+        parsed = [_parse(setting, item, source) for item in raw_items]
+        values[setting.name] = tuple(parsed) if setting.repeatable else parsed[0]
+    return ServerSettings(**values)
+
+
+def to_environ(settings: ServerSettings) -> dict[str, str]:
+    """The ``WAGI_*`` variables that make a worker load these same settings."""
+    out: dict[str, str] = {}
+    for setting in SETTINGS:
+        value = getattr(settings, setting.name)
+        if setting.repeatable:
+            out[setting.env_var] = " ".join(shlex.quote(f"{k}={v}") for k, v in value)
+        elif value is None:
+            out[setting.env_var] = ""
+        else:
+            out[setting.env_var] = str(value)
+    return out
+
+
+def reference_table() -> str:
+    """The options as a Markdown table, for the README."""
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        rows.append(f"| `{s.flag} {s.metavar}` | `{s.env_var}` | {_show(s.default)} | {s.help} |")
+    return "\n".join(rows)
