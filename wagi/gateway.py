@@ -67,11 +67,31 @@ class CgiHttpResponse(Response):
     default_mimetype = None
 
 
+def status_line(code: int, reason: str | None = None) -> str:
+    """``404`` -> ``"404 Not Found"`` (werkzeug would say ``"404 NOT FOUND"``)."""
+    if reason is None:
+        try:
+            reason = HTTPStatus(code).phrase
+        except ValueError:
+            reason = "Unknown"
+    return f"{code} {reason}"
+
+
 def error_response(status: int, message: str = "") -> Response:
     """A short plain-text error: what went wrong, never the internals (those go to the log)."""
-    phrase = HTTPStatus(status).phrase
-    text = f"{status} {phrase}" + (f": {message}" if message else "") + "\n"
-    return Response(text, status=status, content_type="text/plain; charset=utf-8")
+    text = status_line(status) + (f": {message}" if message else "") + "\n"
+    return Response(text, status=status_line(status), content_type="text/plain; charset=utf-8")
+
+
+def read_body(request: Request, limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes; larger bodies raise RequestEntityTooLarge."""
+    request.max_content_length = limit
+    body = request.get_data(cache=False)
+    if request.content_length is None and len(body) == limit:
+        # werkzeug stops a chunked body quietly at the limit; see if there was more.
+        if request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
+    return body
 
 
 def global_environment(settings: ServerSettings) -> dict[str, str]:
@@ -195,8 +215,8 @@ class Gateway:
         self.module_log = module_log
         self.watchdog: Watchdog | None = None
         self.wsgi_app: Any = self.app
-        if settings.proxy_hops:
-            hops = settings.proxy_hops
+        if settings.trusted_proxy_hops:
+            hops = settings.trusted_proxy_hops
             self.wsgi_app = ProxyFix(self.app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
 
     @classmethod
@@ -222,7 +242,6 @@ class Gateway:
 
     def app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
-        request.max_content_length = self.settings.max_body
         response = self.respond(request)
         return response(environ, start_response)
 
@@ -234,7 +253,7 @@ class Gateway:
         if match is None:
             return error_response(404)
         try:
-            body = request.get_data(cache=False)
+            body = read_body(request, self.settings.max_body)
         except RequestEntityTooLarge:
             return error_response(413, f"the body is larger than {self.settings.max_body} bytes")
         except BadRequest:
@@ -295,5 +314,6 @@ class Gateway:
         except BadCgiResponse as exc:
             logger.error("[%s] invalid CGI response: %s", route, exc)
             return error_response(500, "the module's response was not valid CGI")
-        status: int | str = f"{cgi.status} {cgi.reason}" if cgi.reason else cgi.status
-        return CgiHttpResponse(cgi.body, status=status, headers=cgi.headers)
+        return CgiHttpResponse(
+            cgi.body, status=status_line(cgi.status, cgi.reason), headers=cgi.headers
+        )

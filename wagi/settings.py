@@ -215,7 +215,7 @@ SETTINGS: Sequence[Setting] = (
         metavar="SIZE",
     ),
     Setting(
-        "proxy_hops",
+        "trusted_proxy_hops",
         "--trusted-proxy-hops",
         "Number of reverse proxies in front of wagi whose X-Forwarded-For/-Proto/-Host/-Port "
         "headers are trusted (0 trusts none).",
@@ -241,7 +241,7 @@ class ServerSettings:
     max_memory: int | None = None
     max_body: int = 10 * 1024**2
     max_response: int = 64 * 1024**2
-    proxy_hops: int = 0
+    trusted_proxy_hops: int = 0
 
 
 assert [s.name for s in SETTINGS] == [f.name for f in fields(ServerSettings)]

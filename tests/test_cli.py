@@ -1,0 +1,199 @@
+"""The ``wagi`` command (serve, run, check) and start-up refusals, run as real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from .conftest import (
+    ENGINES,
+    PROBE,
+    ROOT,
+    SAMPLES,
+    free_port,
+    start_gunicorn,
+    wait_until_healthy,
+    write_config,
+)
+
+
+def wagi(*args: str, env: dict[str, str] | None = None, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WAGI_")}
+    return subprocess.run(
+        [sys.executable, "-m", "wagi", *args], cwd=ROOT, env={**clean, **(env or {})},
+        input=stdin, capture_output=True, timeout=120,
+    )
+
+
+@pytest.mark.parametrize("command", ["serve", "run", "check"])
+def test_help(command: str) -> None:
+    result = wagi(command, "--help")
+    assert result.returncode == 0
+    out = result.stdout.decode()
+    for flag in ("--config", "--env", "--engine", "--timeout", "--max-body", "WAGI_CONFIG"):
+        assert flag in out
+
+
+def test_check_prints_engine_and_routing_table(tmp_path: Path) -> None:
+    result = wagi("check", "--config", "samples/modules.toml", "--cache-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode().splitlines()
+    assert "samples/modules.toml: 6 routes; engine " in out[0]
+    patterns = [line.split()[0] for line in out[1:]]
+    assert patterns == ["/hello", "/echo", "/routes/hello", "/routes/goodbye/...", "/routes/...",
+                        "/env/..."]
+    assert "routes.wasm  goodbye" in out[4]
+
+
+def test_check_reports_a_bad_config_precisely(tmp_path: Path) -> None:
+    config = write_config(tmp_path, '[[module]]\nroute = "/x"\nmodule = "{probe}"\ncolour = 1\n')
+    result = wagi("check", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.decode() == (
+        f"wagi: error: {config}: [[module]] #1 (route '/x'), key 'colour': unknown key (known "
+        "keys: allowed_hosts, argv, entrypoint, environment, http_max_concurrency, max_memory, "
+        "module, repository, route, timeout, volumes)\n"
+    )
+
+
+def test_check_reports_a_missing_entrypoint(tmp_path: Path) -> None:
+    config = write_config(tmp_path, '[[module]]\nroute = "/x"\nmodule = "{probe}"\n'
+                                    'entrypoint = "nope"\n')
+    result = wagi("check", "--config", str(config), "--engine", "wasmtime")
+    assert result.returncode == 2
+    assert "(route '/x'), key 'entrypoint': the module exports no function 'nope'" in (
+        result.stderr.decode())
+
+
+def test_check_reports_an_invalid_module(tmp_path: Path) -> None:
+    (tmp_path / "broken.wat").write_text("(module (func $f (result i32)))")
+    config = write_config(tmp_path, '[[module]]\nroute = "/b"\nmodule = "broken.wat"\n')
+    result = wagi("check", "--config", str(config), "--engine", "wasmtime")
+    assert result.returncode == 2
+    err = result.stderr.decode()
+    assert "(route '/b'), key 'module': cannot load" in err and "broken.wat" in err
+
+
+def test_run_answers_one_request(tmp_path: Path) -> None:
+    result = wagi("run", "--config", "samples/modules.toml", "/hello",
+                  env={"WAGI_CACHE_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\r\n"
+        b"Hello, world!\n"
+    )
+
+
+def test_run_sends_method_headers_and_body(tmp_path: Path) -> None:
+    result = wagi("run", "--config", "samples/modules.toml", "-X", "POST",
+                  "-H", "Content-Type: application/json", "--data-file", "-", "/echo",
+                  stdin=b'{"a": 1}')
+    assert result.stdout == (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n"
+        b'{"a": 1}'
+    )
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_run_gives_the_same_bytes_as_the_server(tmp_path: Path, engine: str) -> None:
+    server = start_gunicorn(tmp_path, SAMPLES / "modules.toml", engine, workers=1)
+    try:
+        for path in ("/hello", "/env/x/y?greet=matt&foo=bar", "/routes/goodbye/z", "/nothing"):
+            raw = server.raw(
+                f"GET {path} HTTP/1.1\r\nHost: localhost:3000\r\nConnection: close\r\n\r\n".encode()
+            )
+            head, _, body = raw.partition(b"\r\n\r\n")
+            status = head.split(b"\r\n")[0]
+            ran = wagi("run", "--config", "samples/modules.toml", "--engine", engine,
+                       "-H", "Host: localhost:3000", path)
+            run_head, _, run_body = ran.stdout.partition(b"\r\n\r\n")
+            assert run_head.split(b"\r\n")[0] == status
+            # Only the server knows the client's port.
+            body = b"\n".join(line for line in body.split(b"\n")
+                              if not line.startswith(b"REMOTE_PORT="))
+            assert run_body == body, path
+    finally:
+        server.stop()
+
+
+def test_serve_runs_gunicorn_with_the_samples(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAGI_")}
+    env["WAGI_CACHE_DIR"] = str(tmp_path / "cache")
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "wagi", "serve", "--config", "samples/modules.toml",
+             "--bind", f"127.0.0.1:{port}", "--workers", "2"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_healthy(process, url, log)
+        assert requests.get(url + "/hello", timeout=10).text == "Hello, world!\n"
+        text = log.read_text()
+        assert "Booting worker" in text
+        assert "engine " in text and "6 routes" in text
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_serve_refuses_a_bad_config_before_starting(tmp_path: Path) -> None:
+    config = write_config(tmp_path, '[[module]]\nroute = "/x"\nmodule = "missing.wasm"\n')
+    result = wagi("serve", "--config", str(config), "--bind", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 2
+    assert b"key 'module': module file 'missing.wasm'" in result.stderr
+
+
+def test_gunicorn_refuses_a_bad_module_at_start_up(tmp_path: Path) -> None:
+    (tmp_path / "bad.wat").write_text("(module (func (export \"_start\") (unknown)))")
+    config = write_config(tmp_path, '[[module]]\nroute = "/bad"\nmodule = "bad.wat"\n')
+    server = start_gunicorn(tmp_path, config, "wasmtime", wait=False)
+    assert server.process.wait(timeout=60) != 0
+    log = server.log()
+    assert "wagi cannot start" in log
+    assert "(route '/bad'), key 'module': cannot load" in log
+    assert "Booting worker" not in log
+
+
+def test_engine_refusals(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    config = write_config(
+        tmp_path,
+        '[[module]]\nroute = "/v"\nmodule = "{probe}"\nvolumes = {{ "/data" = "data" }}\n',
+    )
+    result = wagi("check", "--config", str(config), "--engine", "wasmer")
+    assert result.returncode == 2
+    err = result.stderr.decode()
+    if "wasmer" not in ENGINES:
+        assert "engine 'wasmer' is not available: the wasmer package does not import here" in err
+        return
+    assert "engine 'wasmer' cannot honour this configuration" in err
+    assert "(route '/v'), key 'volumes': wasmer does not confine a module to its volumes" in err
+    assert "use the wasmtime engine" in err
+    auto = wagi("check", "--quiet", "--config", str(config), "--cache-dir", str(tmp_path / "c"))
+    assert auto.returncode == 0, auto.stderr
+    assert "engine wasmtime" in auto.stdout.decode()
+    assert "auto: wasmer cannot honour this configuration" in auto.stdout.decode()
+    memory = wagi("check", "--config", "samples/modules.toml", "--engine", "wasmer",
+                  "--max-memory", "64 MiB")
+    assert memory.returncode == 2
+    assert "wasmer cannot limit a module's memory" in memory.stderr.decode()
+
+
+def test_auto_prefers_wasmer_where_it_imports(tmp_path: Path) -> None:
+    result = wagi("check", "--quiet", "--config", "samples/modules.toml",
+                  "--cache-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    expected = "engine wasmer" if "wasmer" in ENGINES else "engine wasmtime"
+    assert expected in result.stdout.decode()
+
+
+def test_probe_is_a_real_module() -> None:
+    assert PROBE.read_bytes()[:4] == b"\0asm"

@@ -1,0 +1,541 @@
+"""The wasmer engine: wasmer-python 1.1.0 with the cranelift compiler.
+
+wasmer-python ships native wheels for CPython 3.7-3.10 only, so nothing in
+wagi may import this module unconditionally; ask :func:`available` first. The
+``wasmer`` package itself is imported lazily, and nothing is compiled at import
+time: a process that compiled with cranelift or ran a WASI instance must not
+be forked and then compile or run again (the children hang).
+
+wasmer-python has no stdio capture API, so a run redirects file descriptors
+0, 1 and 2 with ``os.dup2`` for the duration of one call (a sync worker runs
+one request at a time, and wasmer holds the GIL while the guest runs, so no
+Python thread can write into the capture). The captures are memfds, never
+pipes: with the GIL held nobody would drain a pipe, and a guest writing more
+than the pipe buffer (64 KiB) would deadlock the worker.
+
+Measured facts the code below is built around (wasmer 1.1.0, Linux):
+
+- The guest's fds 0/1/2 are the process-wide Rust ``std::io`` handles.
+  ``Stdin`` sits behind an 8 KiB ``BufReader``: bytes a guest leaves unread
+  stay in that buffer and are handed to the *next* instance that reads stdin,
+  another request's module. ``Stdout`` is a ``LineWriter``; wasmer flushes it
+  after every ``fd_write``, but when the flush fails (say the capture file is
+  full) wasmer still reports success to the guest and the bytes stay in the
+  buffer, to come out at the start of the next request's output. After every
+  run a tiny built-in *scrub* module therefore reads stdin until EOF and
+  writes one newline to stdout, with fds 0 and 1 pointed at ``/dev/null``.
+- ``proc_exit(n)`` and traps both arrive as ``RuntimeError``. An exit is
+  exactly ``"RuntimeError: WASI exited with code: <n>"``, ``n`` the unsigned
+  32-bit code; a trap is ``"RuntimeError: <reason>"`` followed by one
+  ``"\\n    at ..."`` line per frame (a stack overflow renders every frame:
+  about 33 MB of text, which the ``detail`` keeps only the start of).
+- ``Module.deserialize`` trusts its input: a truncated or bit-flipped artifact
+  crashes the process with SIGSEGV. Cached artifacts therefore carry a
+  SHA-256 of their payload that is checked before deserializing.
+- The guest sees a virtual ``/`` at fd 3 and the mapped directories from fd 4
+  on (wasmtime starts preopens at fd 3). Mapped directories do not confine
+  the guest: an absolute path opened relative to a mapped directory reaches
+  the whole host file system (read, write, list), and host-placed symlinks
+  are followed out of the directory. Volumes are refused (see
+  :attr:`WasmerEngine.capabilities`); :class:`WasmerEngine` only maps
+  directories when built with ``unconfined_volumes=True``, for experiments.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import platform
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+from .base import (
+    Capabilities,
+    Ending,
+    Engine,
+    EngineError,
+    Invocation,
+    LoadedModule,
+    RunResult,
+)
+from .cache import ArtifactCache, content_hash
+
+__all__ = ["WasmerEngine", "WasmerModule", "available"]
+
+_EXIT_MESSAGE = re.compile(r"RuntimeError: WASI exited with code: ([0-9]{1,10})")
+"""The whole message of a ``proc_exit``; matched in full, so a trap can never pass for one."""
+
+_LINK_ERROR_PREFIX = "Error while importing "
+"""How wasmer words a missing or mistyped import at instantiation."""
+
+_DETAIL_MAX = 2000
+"""Characters of a trap message kept for the log (a stack overflow message is ~33 MB)."""
+
+_STDERR_MAX = 1 << 20
+"""Bytes of the guest's stderr kept for the log."""
+
+_SEAL_SLACK = 4 << 20
+"""Room past a byte limit before writes start failing.
+
+A capture file is sized to ``limit + _SEAL_SLACK`` and sealed against growth,
+so a runaway writer cannot fill the host's memory. The kernel refuses a
+write per page (or large folio) chunk that would cross the size, so the
+limit is only detected reliably if the slack exceeds the largest chunk (2 MiB
+for a PMD-sized folio): any attempt to write past ``limit`` then either
+succeeds (the file offset passes ``limit``) or fails at an offset already
+past it. The file is sparse, so the slack costs nothing unless written.
+"""
+
+_ARTIFACT_MAGIC = b"wagi-wasmer-artifact-1\n"
+"""Header of a cached artifact, followed by the SHA-256 of the payload."""
+
+_SCRUB_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "fd_read"
+    (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 32) "\\n")
+  ;; Drain Rust's stdin buffer (fd 0 is at EOF on the host side), then push
+  ;; one newline through stdout so a LineWriter holding stale bytes flushes
+  ;; them. Returns the number of stale stdin bytes found.
+  (func (export "scrub") (result i32)
+    (local $total i32) (local $rounds i32)
+    (block $done
+      (loop $more
+        (i32.store (i32.const 0) (i32.const 1024))
+        (i32.store (i32.const 4) (i32.const 64512))
+        (br_if $done (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (br_if $done (i32.eqz (i32.load (i32.const 8))))
+        (local.set $total (i32.add (local.get $total) (i32.load (i32.const 8))))
+        (local.set $rounds (i32.add (local.get $rounds) (i32.const 1)))
+        (br_if $more (i32.lt_u (local.get $rounds) (i32.const 1024)))))
+    (i32.store (i32.const 16) (i32.const 32))
+    (i32.store (i32.const 20) (i32.const 1))
+    (drop (call $fd_write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 24)))
+    (local.get $total)))
+"""
+
+
+def available() -> tuple[bool, str]:
+    """Whether the wasmer engine can be used here, and if not, why.
+
+    Importing is the only honest test: on CPython 3.11+ pip installs a stub
+    ``wasmer`` that raises ImportError, and the compiler is a separate wheel.
+    """
+    try:
+        import wasmer
+        import wasmer_compiler_cranelift  # noqa: F401
+    except ImportError as exc:
+        return False, (
+            f"wasmer does not import on Python {platform.python_version()}: {exc} "
+            "(wasmer-python 1.1.0 has native wheels for CPython 3.7-3.10 only; "
+            "both wasmer and wasmer-compiler-cranelift are needed)"
+        )
+    except Exception as exc:  # a broken native module must not take wagi down
+        return False, f"wasmer failed to import: {exc!r}"
+    return True, f"wasmer {wasmer.__version__} with cranelift"
+
+
+def _import_wasmer() -> tuple[Any, Any]:
+    """The ``wasmer`` module and the cranelift ``Compiler``, or EngineError."""
+    ok, why = available()
+    if not ok:
+        raise EngineError(why)
+    import wasmer
+    from wasmer_compiler_cranelift import Compiler
+
+    return wasmer, Compiler
+
+
+def _assembler() -> Callable[[str], Any]:
+    """wasmtime's ``wat2wasm`` where it imports (both engines then agree), else wasmer's."""
+    try:
+        import wasmtime
+    except ImportError:
+        fallback: Callable[[str], Any] = _import_wasmer()[0].wat2wasm
+        return fallback
+    return wasmtime.wat2wasm
+
+
+def _wat_to_wasm(path: Path, text: bytes) -> bytes:
+    """Assemble the text format, naming the file in any error."""
+    try:
+        source = text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EngineError(f"{path}: neither a WebAssembly binary nor UTF-8 WAT text") from exc
+    assemble = _assembler()
+    try:
+        return bytes(assemble(source))
+    except Exception as exc:
+        raise EngineError(f"{path}: invalid WebAssembly text: {_first_lines(str(exc))}") from exc
+
+
+def _first_lines(message: str, limit: int = _DETAIL_MAX) -> str:
+    message = message[: limit + 1]
+    if message.startswith("RuntimeError: "):
+        message = message[len("RuntimeError: ") :]
+    if len(message) > limit:
+        message = message[:limit].rsplit("\n", 1)[0] + "\n    ..."
+    return message
+
+
+def _memfd(name: str, limit: int | None) -> int:
+    """A capture file; with a ``limit``, sealed so it cannot grow far past it."""
+    fd = os.memfd_create(f"wagi-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    if limit is not None:
+        try:
+            os.ftruncate(fd, limit + _SEAL_SLACK)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_prefix(fd: int, size: int) -> bytes:
+    """The first ``size`` bytes of ``fd`` (the guest cannot seek its stdio, so offset = size)."""
+    chunks = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _ensure_std_fds() -> None:
+    """Open /dev/null on any of fds 0-2 that is closed.
+
+    A run saves and restores fds 0-2; were one closed, a capture memfd would
+    be given its number and the restore would go wrong.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+@dataclass
+class WasmerModule(LoadedModule):
+    """A compiled module and the Store it lives in.
+
+    Each module gets its own Store: compiling or deserializing many modules
+    into one long-lived Store leaks memory in wasmer 1.1.0.
+    """
+
+    path: Path
+    exports: frozenset[str]
+    digest: str
+    store: Any
+    module: Any
+    wasi_version: Any
+    params: dict[str, int]
+    """Parameter count of each exported function."""
+
+
+class WasmerEngine(Engine):
+    """wasmer-python + cranelift (universal engine), run CGI-style.
+
+    Not thread-safe: a run owns the process's fds 0-2. Use one engine per
+    worker process, created after the fork.
+    """
+
+    name = "wasmer"
+    capabilities = Capabilities(
+        # Absolute paths and symlinks reach the whole host file system.
+        volumes=False,
+        # wasmer-python's preopens have no read-only mode.
+        read_only_volumes=False,
+        # No store limiter or tunables in the Python API.
+        memory_limit=False,
+        # A running guest holds the GIL in native code; only ending the
+        # process stops it (the HTTP side's watchdog does that).
+        interruptible=False,
+    )
+
+    def __init__(self, cache: ArtifactCache | None = None, *, unconfined_volumes: bool = False):
+        """``unconfined_volumes`` lets :meth:`run` map directories anyway.
+
+        Only for measurements and tests: a mapped directory does not confine
+        the guest (see the module docstring). wagi never sets it.
+        """
+        self._wasmer, self._compiler = _import_wasmer()
+        _ensure_std_fds()
+        self._cache = cache or ArtifactCache(None)
+        self._unconfined_volumes = unconfined_volumes
+        self._scrubber: Any = None
+        self._devnull: int | None = None
+        self._poisoned = ""
+        self.stale_stdin_bytes = 0
+        """Stdin bytes guests left unread, scrubbed before the next run (for tests/metrics)."""
+
+    @property
+    def version(self) -> str:
+        return str(self._wasmer.__version__)
+
+    @property
+    def _cache_version(self) -> str:
+        """Artifacts are native code: key them by compiler and CPU architecture too."""
+        return f"{self.version}-cranelift-universal-{platform.machine() or 'unknown'}"
+
+    def _new_store(self) -> Any:
+        return self._wasmer.Store(self._wasmer.engine.Universal(self._compiler))
+
+    # -- loading -----------------------------------------------------------
+
+    def load(self, path: Path) -> WasmerModule:
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise EngineError(f"{path}: cannot read module: {exc.strerror or exc}") from exc
+        wasm = data if data[:4] == b"\0asm" else _wat_to_wasm(path, data)
+        digest = content_hash(wasm)
+        store = self._new_store()
+        module = self._from_cache(store, digest)
+        if module is None:
+            module = self._compile(path, store, wasm)
+            payload = bytes(module.serialize())
+            artifact = _ARTIFACT_MAGIC + sha256(payload).digest() + payload
+            self._cache.put(self.name, self._cache_version, digest, artifact)
+        params = {
+            export.name: len(export.type.params)
+            for export in module.exports
+            if isinstance(export.type, self._wasmer.FunctionType)
+        }
+        wasi_version = self._wasmer.wasi.get_version(module, strict=False)
+        if wasi_version is None:  # no WASI imports at all: any version links
+            wasi_version = self._wasmer.wasi.Version.SNAPSHOT1
+        return WasmerModule(
+            path=path,
+            exports=frozenset(params),
+            digest=digest,
+            store=store,
+            module=module,
+            wasi_version=wasi_version,
+            params=params,
+        )
+
+    def _compile(self, path: Path, store: Any, wasm: bytes) -> Any:
+        try:
+            return self._wasmer.Module(store, wasm)
+        except Exception as exc:
+            reason = _first_lines(str(exc))
+            raise EngineError(f"{path}: invalid WebAssembly module: {reason}") from exc
+
+    def _from_cache(self, store: Any, digest: str) -> Any:
+        """A deserialized artifact, or None; a damaged one is discarded, never deserialized."""
+        artifact = self._cache.get(self.name, self._cache_version, digest)
+        if artifact is None:
+            return None
+        head = len(_ARTIFACT_MAGIC)
+        payload = artifact[head + 32 :]
+        if (
+            artifact[:head] != _ARTIFACT_MAGIC
+            or artifact[head : head + 32] != sha256(payload).digest()
+        ):
+            self._cache.discard(self.name, self._cache_version, digest)
+            return None
+        try:
+            return self._wasmer.Module.deserialize(store, payload)
+        except Exception:
+            self._cache.discard(self.name, self._cache_version, digest)
+            return None
+
+    # -- running -----------------------------------------------------------
+
+    def run(self, module: LoadedModule, invocation: Invocation) -> RunResult:
+        if not isinstance(module, WasmerModule):
+            raise EngineError(f"{module.path}: not loaded by the wasmer engine")
+        if self._poisoned:
+            raise EngineError(self._poisoned)
+        entry = invocation.entrypoint
+        if entry not in module.params:
+            raise EngineError(f"{module.path}: no exported function {entry!r}")
+        if module.params[entry]:
+            raise EngineError(f"{module.path}: export {entry!r} takes parameters")
+        imports = self._wasi_imports(module, invocation)
+        limits = invocation.limits
+
+        outcome: tuple[Ending, int, str] | None = None
+        link_error = ""
+        stdin_fd = _memfd("stdin", None)
+        stdout_fd = _memfd("stdout", limits.max_output)
+        stderr_fd = _memfd("stderr", _STDERR_MAX)
+        try:
+            _write_all(stdin_fd, invocation.stdin)
+            os.lseek(stdin_fd, 0, os.SEEK_SET)
+            started = time.monotonic()
+            with self._stdio(stdin_fd, stdout_fd, stderr_fd):
+                instance = None
+                try:
+                    instance = self._wasmer.Instance(module.module, imports)
+                    if entry != "_start" and "_initialize" in module.params:
+                        instance.exports._initialize()
+                    getattr(instance.exports, entry)()
+                    outcome = (Ending.RETURNED, 0, "")
+                except Exception as exc:
+                    message = str(exc)
+                    if instance is None and message.startswith(_LINK_ERROR_PREFIX):
+                        link_error = _first_lines(message)
+                    else:
+                        outcome = self._ending(exc, message)
+            elapsed = time.monotonic() - started
+            if link_error:
+                raise EngineError(f"{module.path}: cannot instantiate: {link_error}")
+            assert outcome is not None
+            ending, exit_code, detail = outcome
+            written = os.lseek(stdout_fd, 0, os.SEEK_CUR)
+            then = f"; the guest {ending.value} {detail}".rstrip()
+            if limits.timeout is not None and elapsed > limits.timeout:
+                # Not interrupted (wasmer cannot): noticed when the guest ended.
+                ending = Ending.TIMED_OUT
+                detail = f"ran {elapsed:.3f} s, past the {limits.timeout} s timeout{then}"
+                detail += " (wasmer cannot interrupt a guest; the watchdog may end the worker)"
+            elif limits.max_output is not None and written > limits.max_output:
+                ending = Ending.OUTPUT_TOO_LARGE
+                detail = f"wrote at least {written} bytes to stdout, over the "
+                detail += f"{limits.max_output} byte limit{then}"
+            too_large = ending is Ending.OUTPUT_TOO_LARGE
+            stdout = b"" if too_large else _read_prefix(stdout_fd, written)
+            return RunResult(
+                ending=ending,
+                stdout=stdout,
+                stderr=self._stderr(stderr_fd),
+                exit_code=exit_code,
+                detail=detail,
+            )
+        finally:
+            for fd in (stdin_fd, stdout_fd, stderr_fd):
+                os.close(fd)
+
+    def _wasi_imports(self, module: WasmerModule, invocation: Invocation) -> Any:
+        """A fresh WASI state: argv, exactly ``invocation.env``, and (if allowed) preopens."""
+        wasi = self._wasmer.wasi
+        argv = list(invocation.argv)
+        # wasmer always passes a program name; an empty argv becomes [""].
+        builder = wasi.StateBuilder(argv[0] if argv else "")
+        if argv[1:]:
+            builder.arguments(argv[1:])
+        if invocation.env:
+            builder.environments(dict(invocation.env))
+        for preopen in invocation.preopens:
+            if not self._unconfined_volumes:
+                raise EngineError(
+                    "the wasmer engine cannot confine a module to its volumes (absolute paths "
+                    "and symlinks reach the host file system); use the wasmtime engine"
+                )
+            if preopen.read_only:
+                raise EngineError(
+                    "the wasmer engine has no read-only volumes; use the wasmtime engine"
+                )
+            builder.map_directory(preopen.guest_path, str(preopen.host_path))
+        try:
+            return builder.finalize().generate_import_object(module.store, module.wasi_version)
+        except Exception as exc:  # a NUL in argv/env, '=' in a name, a missing directory
+            reason = _first_lines(str(exc))
+            raise EngineError(f"{module.path}: invalid WASI state: {reason}") from exc
+
+    @staticmethod
+    def _ending(exc: Exception, message: str) -> tuple[Ending, int, str]:
+        """Tell ``proc_exit`` from a trap: only an exact exit message is an exit.
+
+        Trap messages end with one line per frame, so a function named like the
+        exit message cannot fake one: the whole message must match.
+        """
+        match = _EXIT_MESSAGE.fullmatch(message) if type(exc) is RuntimeError else None
+        if match:
+            code = int(match.group(1))
+            if code == 0:
+                return Ending.RETURNED, 0, ""
+            return Ending.EXITED, code, f"exit code {code}"
+        return Ending.TRAPPED, 0, _first_lines(message)
+
+    @staticmethod
+    def _stderr(fd: int) -> bytes:
+        written = os.lseek(fd, 0, os.SEEK_CUR)
+        data = _read_prefix(fd, min(written, _STDERR_MAX))
+        if written > _STDERR_MAX:
+            data += b"\n[wagi: stderr truncated at %d bytes]\n" % _STDERR_MAX
+        return data
+
+    @contextmanager
+    def _stdio(self, stdin_fd: int, stdout_fd: int, stderr_fd: int) -> Iterator[None]:
+        """Point fds 0-2 at the captures; afterwards scrub Rust's buffers and restore them.
+
+        Restoring happens whatever goes wrong, so the worker never loses its own
+        stdout/stderr (gunicorn's logs) to a capture file.
+        """
+        for stream in (sys.stdout, sys.stderr):
+            # Python's own buffered output must not land in a capture.
+            with suppress(AttributeError, OSError, ValueError):
+                stream.flush()
+        devnull = self._devnull_fd()
+        saved = [os.dup(fd) for fd in (0, 1, 2)]
+        try:
+            os.dup2(stdin_fd, 0)
+            os.dup2(stdout_fd, 1)
+            os.dup2(stderr_fd, 2)
+            try:
+                yield
+            finally:
+                os.dup2(devnull, 0)
+                os.dup2(devnull, 1)
+                self._scrub()
+        finally:
+            for fd, copy in enumerate(saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+
+    def _devnull_fd(self) -> int:
+        if self._devnull is None:
+            fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            self._devnull = fd
+        return self._devnull
+
+    def _scrub(self) -> None:
+        """Empty Rust's stdin buffer and stdout LineWriter (fds 0 and 1 are /dev/null now).
+
+        If this ever fails the next request could see this one's bytes, so the
+        engine refuses all further runs instead.
+        """
+        try:
+            if self._scrubber is None:
+                store = self._new_store()
+                wasm = _wat_to_wasm(Path("<scrub>"), _SCRUB_WAT.encode())
+                scrub_module = self._wasmer.Module(store, wasm)
+                wasi = self._wasmer.wasi
+                imports = (
+                    wasi.StateBuilder("scrub")
+                    .finalize()
+                    .generate_import_object(store, wasi.Version.SNAPSHOT1)
+                )
+                self._scrubber = self._wasmer.Instance(scrub_module, imports).exports.scrub
+            self.stale_stdin_bytes += int(self._scrubber())
+        except Exception as exc:
+            self._poisoned = (
+                f"wasmer engine disabled: clearing stdio buffers between runs failed ({exc}); "
+                "restart the worker"
+            )
+            raise EngineError(self._poisoned) from exc
