@@ -746,3 +746,32 @@ def test_module_of_another_engine_is_refused(engine: WasmtimeEngine, tmp_path: P
     other = WasmtimeEngine().load(hello(tmp_path))
     with pytest.raises(EngineError, match="not loaded by this"):
         engine.run(other, Invocation())
+
+
+def test_concurrent_runs_keep_their_own_output_and_endings(
+    engine: WasmtimeEngine, tmp_path: Path
+) -> None:
+    """Threaded workers share one engine: stdout, stdin and stops stay per run."""
+    echo = engine.load(make_module(tmp_path, ECHO_STDIN, name="echo"))
+    spam = engine.load(make_module(tmp_path, WRITE_100_TIMES, data={1024: b"x" * 100}))
+    failures: list[str] = []
+
+    def worker(number: int) -> None:
+        for turn in range(40):
+            if (number + turn) % 2:
+                data = f"thread {number} turn {turn}".encode() * 20
+                result = engine.run(echo, Invocation(stdin=data, limits=Limits(timeout=5)))
+                if result.ending is not Ending.RETURNED or result.stdout != data:
+                    failures.append(f"echo {result}")
+            else:
+                limits = Limits(max_output=500, timeout=5)
+                result = engine.run(spam, Invocation(limits=limits))
+                if result.ending is not Ending.OUTPUT_TOO_LARGE or len(result.stdout) != 500:
+                    failures.append(f"spam {result.ending} {len(result.stdout)}")
+
+    threads = [threading.Thread(target=worker, args=(number,)) for number in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []

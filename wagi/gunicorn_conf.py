@@ -30,6 +30,9 @@ forwarded_allow_ips = "127.0.0.1,::1"
 accesslog = "-"
 errorlog = "-"
 loglevel = "info"
+# gunicorn 24+ opens a control socket in $HOME by default; several wagi servers on one
+# machine would fight over it.
+control_socket_disable = True
 
 
 def on_starting(server: Any) -> None:

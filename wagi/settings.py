@@ -115,6 +115,8 @@ class Setting:
     parse: Callable[[str], Any]
     metavar: str = "VALUE"
     repeatable: bool = False
+    default_doc: str | None = None
+    """How the default reads in help and docs, when ``str(default)`` would mislead."""
 
     @property
     def env_var(self) -> str:
@@ -171,6 +173,7 @@ SETTINGS: Sequence[Setting] = (
         _default_cache_dir(),
         _parse_optional_path,
         metavar="DIR",
+        default_doc="$XDG_CACHE_HOME/wagi or ~/.cache/wagi",
     ),
     Setting(
         "engine",
@@ -205,6 +208,7 @@ SETTINGS: Sequence[Setting] = (
         10 * 1024**2,
         parse_byte_size,
         metavar="SIZE",
+        default_doc="10 MiB",
     ),
     Setting(
         "max_response",
@@ -213,6 +217,7 @@ SETTINGS: Sequence[Setting] = (
         64 * 1024**2,
         parse_byte_size,
         metavar="SIZE",
+        default_doc="64 MiB",
     ),
     Setting(
         "trusted_proxy_hops",
@@ -267,14 +272,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             metavar=setting.metavar,
             action="append" if setting.repeatable else "store",
             default=None,
-            help=f"{setting.help} [env {setting.env_var}; default {_show(setting.default)}]",
+            help=f"{setting.help} [env {setting.env_var}; default {_show(setting)}]",
         )
 
 
-def _show(value: Any) -> str:
-    if value in (None, ()):
+def _show(setting: Setting) -> str:
+    if setting.default_doc is not None:
+        return setting.default_doc
+    if setting.default in (None, ()):
         return "unset"
-    return str(value)
+    return str(setting.default)
 
 
 def load(
@@ -317,5 +324,6 @@ def reference_table() -> str:
     """The options as a Markdown table, for the README."""
     rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
     for s in SETTINGS:
-        rows.append(f"| `{s.flag} {s.metavar}` | `{s.env_var}` | {_show(s.default)} | {s.help} |")
+        cells = [f"`{s.flag} {s.metavar}`", f"`{s.env_var}`", _show(s), s.help]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows)

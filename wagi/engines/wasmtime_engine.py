@@ -29,6 +29,11 @@ How the pieces fit, and why:
   (``poll_oneoff`` with a clock) would outlive its timeout. ``poll_oneoff`` is
   shadowed too: a sleep that would pass the deadline sleeps only until the
   deadline and then ends the run as timed out.
+- A host function ends a run (output limit, sleep past the deadline) by
+  recording why and setting the store's epoch deadline to "now". The guest
+  then traps at its next call or loop. Raising from the host function would
+  go through wasmtime-py's process-wide exception slot, which concurrent
+  runs share.
 
 Importing this module loads the wasmtime library but creates no engine, so
 it is safe in the gunicorn master. :class:`WasmtimeEngine` must be built in a
@@ -68,6 +73,8 @@ _WASI = "wasi_snapshot_preview1"
 
 # WASI errno values (wasi_snapshot_preview1).
 _EFAULT = 21
+_EFBIG = 22
+_EINTR = 27
 _EINVAL = 28
 
 _U32 = 0xFFFFFFFF
@@ -121,10 +128,6 @@ def _one_line(message: str) -> str:
     return " ".join(message.split())
 
 
-class _StopRun(Exception):
-    """Raised by a host function to unwind the guest; the ending is in the run context."""
-
-
 class _RunContext:
     """What the host functions need during one run, kept in a thread-local."""
 
@@ -138,16 +141,19 @@ class _RunContext:
         "stderr_dropped",
         "stdout",
         "stopped",
+        "store",
     )
 
     def __init__(
         self,
         engine: WasmtimeEngine,
+        store: wasmtime.Store,
         max_output: int | None,
         deadline: float | None,
         clock_origin_ns: int,
     ) -> None:
         self.engine = engine
+        self.store = store
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.stderr_dropped = 0
@@ -157,7 +163,21 @@ class _RunContext:
         self.clock_origin_ns = clock_origin_ns
         """``time.monotonic_ns()`` when the WasiConfig was made: WASI's monotonic zero."""
         self.stopped: Ending | None = None
+        """Set when a host function ended the run (output limit, sleep past the deadline)."""
         self.forwarder: Mapping[str, Any] | None = None
+
+    def stop(self, ending: Ending) -> None:
+        """End the run: the guest traps at its next epoch check (a call or loop).
+
+        A host function could raise instead, but wasmtime-py carries a host
+        function's exception back through one process-wide slot, where a
+        concurrent run in another thread can pick it up. Here nothing is raised.
+        The caller's context is the store's, so this is what the C API would do
+        for a caller.
+        """
+        if self.stopped is None:
+            self.stopped = ending
+        self.store.set_epoch_deadline(0)
 
     def forward(self, caller: wasmtime.Caller, name: str, *args: int) -> int:
         """Call WASI's own ``name`` for the guest, through the forwarding module."""
@@ -195,6 +215,8 @@ def _make_host_functions(local: threading.local) -> tuple[Any, Any]:
             raise wasmtime.Trap("wagi: fd_write called outside a run")
         if fd != 1 and fd != 2:
             return ctx.forward(caller, "fd_write", fd, iovs, iovs_len, nwritten)
+        if ctx.stopped is not None:
+            return _EFBIG
         base, size = _guest_memory(caller)
         iovs &= _U32
         count = iovs_len & _U32
@@ -215,8 +237,8 @@ def _make_host_functions(local: threading.local) -> tuple[Any, Any]:
             for ptr, length in pairs:
                 if room is not None and length > room:
                     out += ctypes.string_at(base + ptr, room)
-                    ctx.stopped = Ending.OUTPUT_TOO_LARGE
-                    raise _StopRun
+                    ctx.stop(Ending.OUTPUT_TOO_LARGE)
+                    return _EFBIG
                 if length:
                     out += ctypes.string_at(base + ptr, length)
                     if room is not None:
@@ -244,8 +266,8 @@ def _make_host_functions(local: threading.local) -> tuple[Any, Any]:
                 if wait > remaining:
                     if remaining > 0:
                         time.sleep(remaining)
-                    ctx.stopped = Ending.TIMED_OUT
-                    raise _StopRun
+                    ctx.stop(Ending.TIMED_OUT)
+                    return _EINTR
         return ctx.forward(caller, "poll_oneoff", subs, events, nsubs, nevents)
 
     return fd_write, poll_oneoff
@@ -333,7 +355,9 @@ class _EpochTicker:
                     self._cond.wait(remaining)
                     continue
                 self._engine.increment_epoch()
-                next_tick = max(next_tick + self._tick, time.monotonic())
+                # A late ticker skips ticks rather than bunching them: a deadline
+                # may come a little late, never early.
+                next_tick = max(next_tick, time.monotonic()) + self._tick
 
 
 class WasmtimeModule(LoadedModule):
@@ -504,7 +528,7 @@ class WasmtimeEngine(Engine):
         else:
             store.set_epoch_deadline(_NO_DEADLINE)
 
-        ctx = _RunContext(self, limits.max_output, deadline, clock_origin_ns)
+        ctx = _RunContext(self, store, limits.max_output, deadline, clock_origin_ns)
         self._local.ctx = ctx
         ending = Ending.RETURNED
         exit_code = 0
@@ -512,7 +536,7 @@ class WasmtimeEngine(Engine):
         try:
             try:
                 instance = module._instance_pre.instantiate(store)
-            except (wasmtime.Trap, wasmtime.ExitTrap, _StopRun):
+            except (wasmtime.Trap, wasmtime.ExitTrap):
                 raise
             except wasmtime.WasmtimeError as exc:
                 raise EngineError(
@@ -522,16 +546,10 @@ class WasmtimeEngine(Engine):
             if "_initialize" in module._callable and entrypoint != "_start":
                 _call(exports, "_initialize", store)
             _call(exports, entrypoint, store)
+            if ctx.stopped is not None:  # stopped, but returned before an epoch check
+                ending = ctx.stopped
         except EngineError:
             raise
-        except _StopRun:
-            # wasmtime-py hands a host function's exception back through a
-            # process-wide slot, so with threads it can surface in another run.
-            if ctx.stopped is not None:
-                ending = ctx.stopped
-            else:
-                ending = Ending.TRAPPED
-                detail = "wagi: a host function stopped another run's guest"
         except wasmtime.ExitTrap as exc:
             if ctx.stopped is not None:
                 ending = ctx.stopped
@@ -639,7 +657,7 @@ def _read_wasm(path: Path) -> bytes:
         data = path.read_bytes()
     except OSError as exc:
         raise EngineError(f"{path}: cannot read module: {exc.strerror}") from None
-    if data.startswith(b"\0asm") and path.suffix.lower() != ".wat":
+    if data.startswith(b"\0asm"):
         return data
     try:
         text = data.decode("utf-8")
