@@ -46,7 +46,9 @@ class Server:
         return requests.get(self.url + path, timeout=30, allow_redirects=False, **kwargs)  # type: ignore[arg-type]
 
     def post(self, path: str, data: bytes, **kwargs: object) -> requests.Response:
-        return requests.post(self.url + path, data=data, timeout=30, allow_redirects=False, **kwargs)  # type: ignore[arg-type]
+        return requests.post(
+            self.url + path, data=data, timeout=30, allow_redirects=False, **kwargs
+        )  # type: ignore[arg-type]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -100,23 +102,32 @@ def start_gunicorn(
     port = free_port()
     bind = bind or f"127.0.0.1:{port}"
     log_path = tmp / f"gunicorn-{port}.log"
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("WAGI_")
-    } | {
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAGI_")} | {
         "WAGI_CONFIG": str(config),
         "WAGI_ENGINE": engine,
         "WAGI_CACHE_DIR": str(tmp / "cache"),
         **(extra_env or {}),
     }
     command = [
-        sys.executable, "-m", "gunicorn", "wagi.wsgi:app",
-        "-c", str(ROOT / "gunicorn.conf.py"),
-        "--bind", bind, "--workers", str(workers),
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "wagi.wsgi:app",
+        "-c",
+        str(ROOT / "gunicorn.conf.py"),
+        "--bind",
+        bind,
+        "--workers",
+        str(workers),
         *gunicorn_args,
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
     server = Server(process, f"http://127.0.0.1:{port}", log_path, env)
@@ -133,9 +144,7 @@ def write_config(directory: Path, body: str) -> Path:
     """Write a modules.toml; ``{probe}``, ``{modules}`` and ``{samples}`` are expanded."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "modules.toml"
-    path.write_text(
-        textwrap.dedent(body).format(probe=PROBE, modules=MODULES, samples=SAMPLES)
-    )
+    path.write_text(textwrap.dedent(body).format(probe=PROBE, modules=MODULES, samples=SAMPLES))
     return path
 
 

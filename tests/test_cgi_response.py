@@ -10,7 +10,10 @@ from wagi.cgi_response import BadCgiResponse, parse_cgi_response
 def test_lf_header_block() -> None:
     r = parse_cgi_response(b"Content-Type: text/plain\n\nhello\n")
     assert (r.status, r.reason, r.headers, r.body) == (
-        200, None, [("Content-Type", "text/plain")], b"hello\n"
+        200,
+        None,
+        [("Content-Type", "text/plain")],
+        b"hello\n",
     )
 
 

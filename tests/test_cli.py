@@ -22,11 +22,17 @@ from .conftest import (
 )
 
 
-def wagi(*args: str, env: dict[str, str] | None = None, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+def wagi(
+    *args: str, env: dict[str, str] | None = None, stdin: bytes = b""
+) -> subprocess.CompletedProcess[bytes]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WAGI_")}
     return subprocess.run(
-        [sys.executable, "-m", "wagi", *args], cwd=ROOT, env={**clean, **(env or {})},
-        input=stdin, capture_output=True, timeout=120,
+        [sys.executable, "-m", "wagi", *args],
+        cwd=ROOT,
+        env={**clean, **(env or {})},
+        input=stdin,
+        capture_output=True,
+        timeout=120,
     )
 
 
@@ -45,8 +51,14 @@ def test_check_prints_engine_and_routing_table(tmp_path: Path) -> None:
     out = result.stdout.decode().splitlines()
     assert "samples/modules.toml: 6 routes; engine " in out[0]
     patterns = [line.split()[0] for line in out[1:]]
-    assert patterns == ["/hello", "/echo", "/routes/hello", "/routes/goodbye/...", "/routes/...",
-                        "/env/..."]
+    assert patterns == [
+        "/hello",
+        "/echo",
+        "/routes/hello",
+        "/routes/goodbye/...",
+        "/routes/...",
+        "/env/...",
+    ]
     assert "routes.wasm  goodbye" in out[4]
 
 
@@ -62,12 +74,14 @@ def test_check_reports_a_bad_config_precisely(tmp_path: Path) -> None:
 
 
 def test_check_reports_a_missing_entrypoint(tmp_path: Path) -> None:
-    config = write_config(tmp_path, '[[module]]\nroute = "/x"\nmodule = "{probe}"\n'
-                                    'entrypoint = "nope"\n')
+    config = write_config(
+        tmp_path, '[[module]]\nroute = "/x"\nmodule = "{probe}"\nentrypoint = "nope"\n'
+    )
     result = wagi("check", "--config", str(config), "--engine", "wasmtime")
     assert result.returncode == 2
     assert "(route '/x'), key 'entrypoint': the module exports no function 'nope'" in (
-        result.stderr.decode())
+        result.stderr.decode()
+    )
 
 
 def test_check_reports_an_invalid_module(tmp_path: Path) -> None:
@@ -80,22 +94,31 @@ def test_check_reports_an_invalid_module(tmp_path: Path) -> None:
 
 
 def test_run_answers_one_request(tmp_path: Path) -> None:
-    result = wagi("run", "--config", "samples/modules.toml", "/hello",
-                  env={"WAGI_CACHE_DIR": str(tmp_path)})
+    result = wagi(
+        "run", "--config", "samples/modules.toml", "/hello", env={"WAGI_CACHE_DIR": str(tmp_path)}
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\r\n"
-        b"Hello, world!\n"
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\r\nHello, world!\n"
     )
 
 
 def test_run_sends_method_headers_and_body(tmp_path: Path) -> None:
-    result = wagi("run", "--config", "samples/modules.toml", "-X", "POST",
-                  "-H", "Content-Type: application/json", "--data-file", "-", "/echo",
-                  stdin=b'{"a": 1}')
+    result = wagi(
+        "run",
+        "--config",
+        "samples/modules.toml",
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data-file",
+        "-",
+        "/echo",
+        stdin=b'{"a": 1}',
+    )
     assert result.stdout == (
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n"
-        b'{"a": 1}'
+        b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{"a": 1}'
     )
 
 
@@ -109,13 +132,22 @@ def test_run_gives_the_same_bytes_as_the_server(tmp_path: Path, engine: str) -> 
             )
             head, _, body = raw.partition(b"\r\n\r\n")
             status = head.split(b"\r\n")[0]
-            ran = wagi("run", "--config", "samples/modules.toml", "--engine", engine,
-                       "-H", "Host: localhost:3000", path)
+            ran = wagi(
+                "run",
+                "--config",
+                "samples/modules.toml",
+                "--engine",
+                engine,
+                "-H",
+                "Host: localhost:3000",
+                path,
+            )
             run_head, _, run_body = ran.stdout.partition(b"\r\n\r\n")
             assert run_head.split(b"\r\n")[0] == status
             # Only the server knows the client's port.
-            body = b"\n".join(line for line in body.split(b"\n")
-                              if not line.startswith(b"REMOTE_PORT="))
+            body = b"\n".join(
+                line for line in body.split(b"\n") if not line.startswith(b"REMOTE_PORT=")
+            )
             assert run_body == body, path
     finally:
         server.stop()
@@ -128,9 +160,23 @@ def test_serve_runs_gunicorn_with_the_samples(tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "wagi", "serve", "--config", "samples/modules.toml",
-             "--bind", f"127.0.0.1:{port}", "--workers", "2"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "wagi",
+                "serve",
+                "--config",
+                "samples/modules.toml",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "2",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -152,7 +198,7 @@ def test_serve_refuses_a_bad_config_before_starting(tmp_path: Path) -> None:
 
 
 def test_gunicorn_refuses_a_bad_module_at_start_up(tmp_path: Path) -> None:
-    (tmp_path / "bad.wat").write_text("(module (func (export \"_start\") (unknown)))")
+    (tmp_path / "bad.wat").write_text('(module (func (export "_start") (unknown)))')
     config = write_config(tmp_path, '[[module]]\nroute = "/bad"\nmodule = "bad.wat"\n')
     server = start_gunicorn(tmp_path, config, "wasmtime", wait=False)
     assert server.process.wait(timeout=60) != 0
@@ -181,15 +227,17 @@ def test_engine_refusals(tmp_path: Path) -> None:
     assert auto.returncode == 0, auto.stderr
     assert "engine wasmtime" in auto.stdout.decode()
     assert "auto: wasmer cannot honour this configuration" in auto.stdout.decode()
-    memory = wagi("check", "--config", "samples/modules.toml", "--engine", "wasmer",
-                  "--max-memory", "64 MiB")
+    memory = wagi(
+        "check", "--config", "samples/modules.toml", "--engine", "wasmer", "--max-memory", "64 MiB"
+    )
     assert memory.returncode == 2
     assert "wasmer cannot limit a module's memory" in memory.stderr.decode()
 
 
 def test_auto_prefers_wasmer_where_it_imports(tmp_path: Path) -> None:
-    result = wagi("check", "--quiet", "--config", "samples/modules.toml",
-                  "--cache-dir", str(tmp_path))
+    result = wagi(
+        "check", "--quiet", "--config", "samples/modules.toml", "--cache-dir", str(tmp_path)
+    )
     assert result.returncode == 0, result.stderr
     expected = "engine wasmer" if "wasmer" in ENGINES else "engine wasmtime"
     assert expected in result.stdout.decode()

@@ -77,7 +77,7 @@ def test_file_url_module(tmp_path: Path) -> None:
     ("text", "expected"),
     [
         ("route = [", "invalid TOML"),
-        ('[server]\nport = 1\n', "unknown top-level key 'server'"),
+        ("[server]\nport = 1\n", "unknown top-level key 'server'"),
         ("", "no [[module]] entries"),
         ('module = "x"', "'module' must be an array of tables"),
         ('[[module]]\nmodule = "m.wasm"\n', "[[module]] #1, key 'route': missing"),
@@ -106,14 +106,23 @@ def test_file_url_module(tmp_path: Path) -> None:
             entry('volumes = { "/d" = { path = ".", read_only = "yes" } }'),
             "volume '/d': read_only must be true/false",
         ),
-        (entry() + entry(), "[[module]] #2 (route '/x'), key 'route': duplicate route, already "
-         "declared by [[module]] #1"),
-        ('[[module]]\nroute = "/m"\nmodule = "missing.wasm"\n', "key 'module': module file "
-         "'missing.wasm'"),
-        ('[[module]]\nroute = "/m"\nmodule = "modules.toml"\n', "key 'module': expected a .wasm "
-         "or .wat file"),
-        ('[[module]]\nroute = "/m"\nmodule = "https://example.com/m.wasm"\n',
-         "only plain paths and file:// URLs"),
+        (
+            entry() + entry(),
+            "[[module]] #2 (route '/x'), key 'route': duplicate route, already "
+            "declared by [[module]] #1",
+        ),
+        (
+            '[[module]]\nroute = "/m"\nmodule = "missing.wasm"\n',
+            "key 'module': module file 'missing.wasm'",
+        ),
+        (
+            '[[module]]\nroute = "/m"\nmodule = "modules.toml"\n',
+            "key 'module': expected a .wasm or .wat file",
+        ),
+        (
+            '[[module]]\nroute = "/m"\nmodule = "https://example.com/m.wasm"\n',
+            "only plain paths and file:// URLs",
+        ),
     ],
 )
 def test_errors_name_file_entry_and_key(tmp_path: Path, text: str, expected: str) -> None:

@@ -204,7 +204,11 @@ def test_no_host_header_uses_default_host(server: Server) -> None:
     env = env_lines(head_and_body(raw)[2].decode())
     assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("localhost", "3000")
     assert env["SERVER_PROTOCOL"] == "HTTP/1.0"
-    assert (env["SCRIPT_NAME"], env["PATH_INFO"], env["X_MATCHED_ROUTE"]) == ("/exact", "", "/exact")
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"], env["X_MATCHED_ROUTE"]) == (
+        "/exact",
+        "",
+        "/exact",
+    )
     assert "HTTP_HOST" not in env
 
 
@@ -224,8 +228,9 @@ def test_host_environment_does_not_leak(server: Server) -> None:
 
 
 def test_content_type_and_length_are_real(server: Server) -> None:
-    r = server.post("/probe?hdr&env", b"a=1&b=2",
-                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    r = server.post(
+        "/probe?hdr&env", b"a=1&b=2", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
     env = env_lines(r.text)
     assert env["CONTENT_TYPE"] == "application/x-www-form-urlencoded"
     assert env["CONTENT_LENGTH"] == "7"
@@ -331,8 +336,13 @@ def test_hop_by_hop_headers_are_dropped(server: Server) -> None:
 
 @pytest.mark.parametrize(
     "output",
-    [b"no header block at all", b"X-Only: header\n\nbody", b"Bad Header Line\n\n",
-     b"Status: 700\n\n", b""],
+    [
+        b"no header block at all",
+        b"X-Only: header\n\nbody",
+        b"Bad Header Line\n\n",
+        b"Status: 700\n\n",
+        b"",
+    ],
 )
 def test_invalid_cgi_response_is_500(server: Server, output: bytes) -> None:
     status, _, body = cgi(server, output)

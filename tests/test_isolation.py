@@ -58,8 +58,9 @@ def every_engine_that_accepts_volumes() -> list[str]:
 
 
 @pytest.fixture(scope="module", params=every_engine_that_accepts_volumes())
-def fs(request: pytest.FixtureRequest, layout: dict[str, Path],
-       server_factory: Callable[..., Server]) -> Server:
+def fs(
+    request: pytest.FixtureRequest, layout: dict[str, Path], server_factory: Callable[..., Server]
+) -> Server:
     text = VOLUME_CONFIG.replace("{data}", str(layout["data"])).replace("{ro}", str(layout["ro"]))
     return server_factory(text, str(request.param), workers=1)
 
@@ -77,8 +78,9 @@ def test_read_write_volume(fs: Server, layout: dict[str, Path]) -> None:
 
 
 def test_read_only_volume_refuses_writes(fs: Server, layout: dict[str, Path]) -> None:
-    r = fs.get("/fs?hdr&readfile=/ro/fixed.txt&writefile=/ro/fixed.txt:changed&"
-               "writefile=/ro/new.txt:x")
+    r = fs.get(
+        "/fs?hdr&readfile=/ro/fixed.txt&writefile=/ro/fixed.txt:changed&writefile=/ro/new.txt:x"
+    )
     lines = r.text.splitlines()
     assert lines[0] == "read only"
     assert lines[1].startswith("ERR ") and lines[2].startswith("ERR ")
@@ -88,9 +90,16 @@ def test_read_only_volume_refuses_writes(fs: Server, layout: dict[str, Path]) ->
 
 @pytest.mark.parametrize(
     "path",
-    ["/data/../sibling.txt", "/data/../outside/secret.txt", "/data/abs-link", "/data/rel-link",
-     "/data/dir-link/secret.txt", "../sibling.txt", "/outside/secret.txt",
-     str(Path("/etc/passwd"))],
+    [
+        "/data/../sibling.txt",
+        "/data/../outside/secret.txt",
+        "/data/abs-link",
+        "/data/rel-link",
+        "/data/dir-link/secret.txt",
+        "../sibling.txt",
+        "/outside/secret.txt",
+        str(Path("/etc/passwd")),
+    ],
 )
 def test_reads_cannot_escape_the_volume(fs: Server, path: str) -> None:
     r = fs.get(f"/fs?hdr&readfile={path}")
@@ -113,8 +122,10 @@ def test_listing_the_parent_is_refused(fs: Server) -> None:
 
 
 def test_module_made_symlinks_cannot_escape(fs: Server, layout: dict[str, Path]) -> None:
-    r = fs.get("/fs?hdr&symlink=../outside/secret.txt:/data/mine&readfile=/data/mine"
-               "&symlink=/etc/passwd:/data/mine2&readfile=/data/mine2")
+    r = fs.get(
+        "/fs?hdr&symlink=../outside/secret.txt:/data/mine&readfile=/data/mine"
+        "&symlink=/etc/passwd:/data/mine2&readfile=/data/mine2"
+    )
     assert "SECRET" not in r.text and "root:" not in r.text
     assert r.text.splitlines()[1].startswith("ERR ")
     assert r.text.splitlines()[3].startswith("ERR ")

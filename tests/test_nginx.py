@@ -24,22 +24,33 @@ def env_lines(text: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module", params=ENGINES)
-def proxied(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[tuple[str, Server]]:
+def proxied(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Server]]:
     if not Path(NGINX).exists():
         pytest.fail("nginx is not installed (apt-get install nginx-light); ./run-tests installs it")
     tmp = tmp_path_factory.mktemp("nginx")
     sock = tmp / "wagi.sock"
-    config = write_config(tmp / "conf", '[[module]]\nroute = "/probe/..."\nmodule = "{probe}"\n'
-                          '[[module]]\nroute = "/hello"\nmodule = "{samples}/hello.wat"\n')
-    server = start_gunicorn(tmp, config, str(request.param), bind=f"unix:{sock}", wait=False,
-                            extra_env={"WAGI_TRUSTED_PROXY_HOPS": "1"})
+    config = write_config(
+        tmp / "conf",
+        '[[module]]\nroute = "/probe/..."\nmodule = "{probe}"\n'
+        '[[module]]\nroute = "/hello"\nmodule = "{samples}/hello.wat"\n',
+    )
+    server = start_gunicorn(
+        tmp,
+        config,
+        str(request.param),
+        bind=f"unix:{sock}",
+        wait=False,
+        extra_env={"WAGI_TRUSTED_PROXY_HOPS": "1"},
+    )
     port = free_port()
     (tmp / "logs").mkdir()
     conf = tmp / "nginx.conf"
     # As root, nginx's workers would drop to nobody and lose access to the socket.
     user = "user root;" if os.geteuid() == 0 else ""
-    conf.write_text(textwrap.dedent(f"""
+    conf.write_text(
+        textwrap.dedent(f"""
         {user}
         worker_processes 1;
         daemon off;
@@ -64,9 +75,11 @@ def proxied(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                 }}
             }}
         }}
-    """))
-    nginx = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(tmp)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    """)
+    )
+    nginx = subprocess.Popen(
+        [NGINX, "-c", str(conf), "-p", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -78,8 +91,10 @@ def proxied(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         if time.monotonic() > deadline or nginx.poll() is not None or server.process.poll():
             nginx.kill()
             server.stop()
-            pytest.fail(f"nginx/gunicorn did not start:\n{server.log()[-3000:]}\n"
-                        f"{(tmp / 'logs' / 'error.log').read_text()[-3000:]}")
+            pytest.fail(
+                f"nginx/gunicorn did not start:\n{server.log()[-3000:]}\n"
+                f"{(tmp / 'logs' / 'error.log').read_text()[-3000:]}"
+            )
         time.sleep(0.1)
     yield url, server
     nginx.send_signal(signal.SIGQUIT)
@@ -96,8 +111,11 @@ def test_hello_through_nginx(proxied: tuple[str, Server]) -> None:
 
 def test_forwarded_headers_from_the_trusted_proxy(proxied: tuple[str, Server]) -> None:
     url, _ = proxied
-    r = requests.get(url + "/probe/p?hdr&env", timeout=10,
-                     headers={"X-Forwarded-For": "6.6.6.6", "Host": "site.test"})
+    r = requests.get(
+        url + "/probe/p?hdr&env",
+        timeout=10,
+        headers={"X-Forwarded-For": "6.6.6.6", "Host": "site.test"},
+    )
     env = env_lines(r.text)
     # nginx appended the real client (127.0.0.1); only that one hop is trusted.
     assert env["REMOTE_ADDR"] == "127.0.0.1"
@@ -117,8 +135,9 @@ def test_untrusted_forwarded_headers_are_ignored(tmp_path: Path) -> None:
     config = write_config(tmp_path, '[[module]]\nroute = "/probe"\nmodule = "{probe}"\n')
     server = start_gunicorn(tmp_path, config, "wasmtime", workers=1)
     try:
-        r = server.get("/probe?hdr&env", headers={"X-Forwarded-For": "6.6.6.6",
-                                                  "X-Forwarded-Proto": "https"})
+        r = server.get(
+            "/probe?hdr&env", headers={"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https"}
+        )
         env = env_lines(r.text)
         assert env["REMOTE_ADDR"] == "127.0.0.1"
         assert "HTTPS" not in env

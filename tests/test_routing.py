@@ -54,8 +54,9 @@ def test_equal_routes_first_declared_wins_regardless_of_input_order() -> None:
         ("/...", "/any/thing", "", "/any/thing"),
     ],
 )
-def test_script_name_and_path_info(pattern: str, path: str, script_name: str, path_info: str
-                                   ) -> None:
+def test_script_name_and_path_info(
+    pattern: str, path: str, script_name: str, path_info: str
+) -> None:
     match = table(pattern).match(path)
     assert match is not None
     assert (match.script_name, match.raw_path_info) == (script_name, path_info)

@@ -27,16 +27,30 @@ def test_defaults() -> None:
 
 
 def test_flags_win_over_environment() -> None:
-    s = parse(["--timeout", "5", "--env", "A=1", "--env", "B=x y"],
-              {"WAGI_TIMEOUT": "9", "WAGI_ENV": "C=3", "WAGI_MAX_BODY": "1 KiB"})
+    s = parse(
+        ["--timeout", "5", "--env", "A=1", "--env", "B=x y"],
+        {"WAGI_TIMEOUT": "9", "WAGI_ENV": "C=3", "WAGI_MAX_BODY": "1 KiB"},
+    )
     assert s.timeout == 5.0
     assert s.env == (("A", "1"), ("B", "x y"))
     assert s.max_body == 1024
 
 
 def test_environment_round_trip() -> None:
-    s = parse(["--env", "A=two words", "--max-memory", "64 MiB", "--engine", "wasmtime",
-               "--log-dir", "/tmp/logs", "--cache-dir", ""])
+    s = parse(
+        [
+            "--env",
+            "A=two words",
+            "--max-memory",
+            "64 MiB",
+            "--engine",
+            "wasmtime",
+            "--log-dir",
+            "/tmp/logs",
+            "--cache-dir",
+            "",
+        ]
+    )
     again = settings.load(None, settings.to_environ(s))
     assert again == s
     assert again.cache_dir is None

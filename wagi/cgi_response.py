@@ -54,7 +54,7 @@ class CgiResponse:
 
 
 def _split_header_block(output: bytes) -> tuple[list[bytes], bytes]:
-    lines = []
+    lines: list[bytes] = []
     start = 0
     while True:
         end = output.find(b"\n", start)

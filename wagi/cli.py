@@ -50,13 +50,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("path", help="request path with optional query, e.g. '/env?a=1'")
     run.add_argument("-X", "--method", default="GET", help="request method [GET]")
     run.add_argument(
-        "-H", "--header", action="append", default=[], metavar="'NAME: value'",
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: value'",
         help="request header (repeatable)",
     )
     body = run.add_mutually_exclusive_group()
     body.add_argument("-d", "--data", help="request body")
-    body.add_argument("--data-file", type=Path, metavar="PATH", help="request body from a file "
-                      "('-' for stdin)")
+    body.add_argument(
+        "--data-file", type=Path, metavar="PATH", help="request body from a file ('-' for stdin)"
+    )
     wagi_settings.add_arguments(run)
 
     check = commands.add_parser(
@@ -104,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--header: expected 'Name: value', got {header!r}")
         headers.append((name.strip(), value.strip()))
     if args.data_file is not None:
-        data = sys.stdin.buffer.read() if str(args.data_file) == "-" else args.data_file.read_bytes()
+        data = (
+            sys.stdin.buffer.read() if str(args.data_file) == "-" else args.data_file.read_bytes()
+        )
     else:
         data = (args.data or "").encode()
     path, _, query = args.path.partition("?")

@@ -120,7 +120,8 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     unknown = sorted(set(data) - {"module"})
     if unknown:
         raise ConfigError(
-            f"{path}: unknown top-level key {unknown[0]!r}; routes are declared as [[module]] tables"
+            f"{path}: unknown top-level key {unknown[0]!r}; "
+            "routes are declared as [[module]] tables"
         )
     tables = data.get("module", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
@@ -207,9 +208,10 @@ class _EntryParser:
         except ValueError as exc:
             raise self.error(key, str(exc)) from None
 
-    def resolve(self, key: str, raw: Any) -> Path:
-        if not isinstance(raw, str) or not raw:
-            raise self.error(key, f"expected a path, got {raw!r}")
+    def resolve(self, key: str, value: Any) -> Path:
+        if not isinstance(value, str) or not value:
+            raise self.error(key, f"expected a path, got {value!r}")
+        raw: str = value
         if raw.startswith("file://"):
             parts = urlsplit(raw)
             if parts.netloc not in ("", "localhost"):
@@ -242,7 +244,7 @@ class _EntryParser:
                 if extra or "path" not in spec:
                     raise self.error(
                         "volumes",
-                        f"volume {guest!r}: expected {{ path = \"...\", read_only = true }}",
+                        f'volume {guest!r}: expected {{ path = "...", read_only = true }}',
                     )
                 read_only = spec.get("read_only", False)
                 if not isinstance(read_only, bool):

@@ -30,7 +30,7 @@ from wagi.cgi_request import build_argv, cgi_variables, raw_path_and_query
 from wagi.cgi_response import BadCgiResponse, parse_cgi_response
 from wagi.config import Config, ConfigError, ModuleEntry, load_env_file
 from wagi.engines import EngineChoice, choose_engine, create_engine
-from wagi.engines.base import Engine, EngineError, Ending, Invocation, Limits, Preopen, RunResult
+from wagi.engines.base import Ending, Engine, EngineError, Invocation, Limits, Preopen, RunResult
 from wagi.loader import ModuleLoader
 from wagi.module_log import ModuleLog
 from wagi.routing import Route, RoutingTable, join_subroute
@@ -87,10 +87,10 @@ def read_body(request: Request, limit: int) -> bytes:
     """The request body, at most ``limit`` bytes; larger bodies raise RequestEntityTooLarge."""
     request.max_content_length = limit
     body = request.get_data(cache=False)
-    if request.content_length is None and len(body) == limit:
-        # werkzeug stops a chunked body quietly at the limit; see if there was more.
-        if request.environ["wsgi.input"].read(1):
-            raise RequestEntityTooLarge()
+    # werkzeug stops a chunked body quietly at the limit; see if there was more.
+    chunked = request.content_length is None
+    if chunked and len(body) == limit and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
     return body
 
 
@@ -119,9 +119,9 @@ def make_handler(
     )
 
 
-def parse_routes_output(entry: ModuleEntry, output: bytes, exports: Iterable[str]) -> list[
-    tuple[str, str]
-]:
+def parse_routes_output(
+    entry: ModuleEntry, output: bytes, exports: Iterable[str]
+) -> list[tuple[str, str]]:
     """``_routes`` prints ``<pattern> <export>`` lines; return (full route, export) pairs."""
     where = f"{entry.module}: _routes of [[module]] #{entry.index} (route {entry.route!r})"
     known = set(exports)
@@ -160,7 +160,9 @@ def build_routing_table(
         try:
             module = loader.get(entry.module)
         except (EngineError, OSError) as exc:
-            raise StartupError(f"{where}, key 'module': cannot load {entry.module}: {exc}") from None
+            raise StartupError(
+                f"{where}, key 'module': cannot load {entry.module}: {exc}"
+            ) from None
         if entry.entrypoint not in module.exports:
             raise StartupError(
                 f"{where}, key 'entrypoint': the module exports no function "

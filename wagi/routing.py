@@ -57,7 +57,7 @@ class Route(Generic[H]):
 
 
 def join_subroute(parent: str, pattern: str) -> str:
-    """The full pattern of a ``_routes`` line: parent ``/routes/...`` + ``/hello`` -> ``/routes/hello``."""
+    """The route of a ``_routes`` line: ``/routes/...`` + ``/hello`` -> ``/routes/hello``."""
     base = parent[: -len(PREFIX_SUFFIX)] if parent.endswith(PREFIX_SUFFIX) else parent
     return validate_route(base.rstrip("/") + "/" + pattern.lstrip("/"))
 

@@ -12,6 +12,7 @@ exactly one worker and never another request.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -96,10 +97,8 @@ def _answer_timeout(client: socket.socket) -> None:
 def main(argv: list[str]) -> None:
     channel = socket.socket(fileno=int(argv[0]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the arbiter, not here
-    try:
+    with contextlib.suppress(OSError, KeyboardInterrupt):
         _serve(channel, int(argv[1]))
-    except (OSError, KeyboardInterrupt):
-        pass
 
 
 if __name__ == "__main__":

@@ -118,8 +118,9 @@ def choose_engine(requested: str, config: Config, max_memory: int | None) -> Eng
         problems = refusals("wasmer", config, max_memory)
         if not problems:
             cls = engine_class("wasmer")
-            return EngineChoice("wasmer", "auto: wasmer imports and honours every setting",
-                                cls.capabilities)
+            return EngineChoice(
+                "wasmer", "auto: wasmer imports and honours every setting", cls.capabilities
+            )
         why = "wasmer cannot honour this configuration: " + problems[0]
     ok_wt, why_wt = importable("wasmtime")
     if not ok_wt:

@@ -9,6 +9,7 @@ the engine's name and the engine's version.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -56,7 +57,5 @@ class ArtifactCache:
         """Forget an artifact that failed to deserialize."""
         if self.directory is None:
             return
-        try:
+        with contextlib.suppress(OSError):
             self._path(engine, version, digest).unlink()
-        except OSError:
-            pass
