@@ -101,6 +101,7 @@ def start_gunicorn(
 ) -> Server:
     port = free_port()
     bind = bind or f"127.0.0.1:{port}"
+    tmp.mkdir(parents=True, exist_ok=True)
     log_path = tmp / f"gunicorn-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAGI_")} | {
         "WAGI_CONFIG": str(config),

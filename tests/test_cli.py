@@ -245,3 +245,101 @@ def test_auto_prefers_wasmer_where_it_imports(tmp_path: Path) -> None:
 
 def test_probe_is_a_real_module() -> None:
     assert PROBE.read_bytes()[:4] == b"\0asm"
+
+
+ROUTES_WAT = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "{text}")
+  (func (export "_start"))
+  (func (export "real"))
+  (func (export "_routes")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const {length}))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"""
+
+
+@pytest.mark.parametrize(
+    ("listing", "error"),
+    [
+        ("/a real extra", "line 1: expected '<route> <export>', got '/a real extra'"),
+        ("/ok real\\n/b missing", "line 2: the module has no exported function 'missing'"),
+        ("/a/.../b real", "line 1: '...' may only end a route"),
+    ],
+)
+def test_check_reports_bad_routes_output(tmp_path: Path, listing: str, error: str) -> None:
+    length = len(listing.encode().decode("unicode_escape"))
+    (tmp_path / "r.wat").write_text(ROUTES_WAT.format(text=listing, length=length))
+    config = write_config(tmp_path, '[[module]]\nroute = "/r/..."\nmodule = "r.wat"\n')
+    result = wagi("check", "--config", str(config), "--engine", "wasmtime")
+    assert result.returncode == 2
+    err = result.stderr.decode()
+    assert f"r.wat: _routes of [[module]] #1 (route '/r/...'), {error}" in err
+
+
+def test_check_lists_subroutes_of_a_wat_module(tmp_path: Path) -> None:
+    listing = "/one real\\n\\n/two/... real\\n"
+    length = len(listing.encode().decode("unicode_escape"))
+    (tmp_path / "r.wat").write_text(ROUTES_WAT.format(text=listing, length=length))
+    config = write_config(tmp_path, '[[module]]\nroute = "/r"\nmodule = "r.wat"\n')
+    result = wagi(
+        "check", "--config", str(config), "--engine", "wasmtime", "--cache-dir", str(tmp_path / "c")
+    )
+    assert result.returncode == 0, result.stderr
+    assert [line.split() for line in result.stdout.decode().splitlines()[1:]] == [
+        ["/r", "r.wat", "_start"],
+        ["/r/one", "r.wat", "real"],
+        ["/r/two/...", "r.wat", "real"],
+    ]
+
+
+def test_check_reports_a_bad_env_file(tmp_path: Path) -> None:
+    env_file = tmp_path / "vars"
+    env_file.write_text("GOOD=1\nthis is not a pair\n")
+    result = wagi("check", "--config", "samples/modules.toml", "--env-file", str(env_file))
+    assert result.returncode == 2
+    assert f"{env_file}:2: expected NAME=value" in result.stderr.decode()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_log_dir_gets_module_stderr_per_route(tmp_path: Path, engine: str) -> None:
+    config = write_config(tmp_path, '[[module]]\nroute = "/p/..."\nmodule = "{probe}"\n')
+    logs = tmp_path / "logs"
+    server = start_gunicorn(
+        tmp_path, config, engine, workers=1, extra_env={"WAGI_LOG_DIR": str(logs)}
+    )
+    try:
+        assert server.get("/p/x?hdr&err=first%20line&err=second&print=ok").text == "ok\n"
+    finally:
+        server.stop()
+    lines = (logs / "p.stderr.log").read_text().splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == ["[/p/...] first line", "[/p/...] second"]
+    assert "first line" not in server.log()
+
+
+@pytest.mark.skipif(len(ENGINES) < 2, reason="both engines import on the CPython 3.10 leg only")
+def test_every_sample_gives_the_same_bytes_on_both_engines(tmp_path: Path) -> None:
+    requests_to_send = [
+        b"GET /hello HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        b"GET /env/a%20b/c?x=1&&y HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Type: image/x\r\nContent-Length: 5\r\n"
+        b"Connection: close\r\n\r\n\x00\x01\x02\x03\x04",
+        b"GET /routes/hello HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        b"GET /routes/goodbye/moon HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        b"GET /routes HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    ]
+    answers: dict[str, list[bytes]] = {}
+    for engine in ENGINES:
+        server = start_gunicorn(tmp_path / engine, SAMPLES / "modules.toml", engine, workers=1)
+        try:
+            answers[engine] = [strip_volatile(server.raw(r)) for r in requests_to_send]
+        finally:
+            server.stop()
+    assert answers["wasmer"] == answers["wasmtime"]
+    assert all(b" 200 OK\r\n" in a for a in answers["wasmer"])
+
+
+def strip_volatile(response: bytes) -> bytes:
+    """Drop what differs between two servers whatever the engine: Date and the client port."""
+    lines = response.split(b"\n")
+    return b"\n".join(line for line in lines if not line.startswith((b"Date:", b"REMOTE_PORT=")))

@@ -22,7 +22,9 @@ class ModuleLog:
 
     def file_for(self, route: str) -> Path:
         assert self.log_dir is not None
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", route.strip("/")) or "_root"
+        # /api/v1/... -> api_v1.stderr.log; /api and /api/... share a file (lines say which).
+        base = route.removesuffix("/...").strip("/")
+        name = re.sub(r"[^A-Za-z0-9_-]+", "_", base) or "_root"
         return self.log_dir / f"{name}.stderr.log"
 
     def write(self, route: str, stderr: bytes) -> None:
