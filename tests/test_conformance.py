@@ -411,6 +411,7 @@ def test_timeout_is_504_and_the_server_keeps_serving(server: Server) -> None:
     r = server.get("/slow?hdr&loop")
     assert r.status_code == 504
     assert r.text == "504 Gateway Timeout: the module timed out\n"
+    assert re.search(r"\[/slow\] timed out", server.log())
     for i in range(20):
         ok = server.get(f"/probe?hdr&print=after-{i}")
         assert (ok.status_code, ok.text) == (200, f"after-{i}\n")

@@ -280,19 +280,19 @@ class Gateway:
             return error_response(500, "the module could not be loaded")
         invocation = invocation_for(handler, argv, cgi_env, body)
         try:
-            result = self.run(module, invocation, request.environ.get("gunicorn.socket"))
+            result = self.run(module, invocation, request.environ.get("gunicorn.socket"), route)
         except EngineError as exc:
             logger.error("[%s] cannot run %s: %s", route, handler.entry.module, exc)
             return error_response(500, "the module could not be started")
         self.module_log.write(route, result.stderr)
         return self.to_response(route, result)
 
-    def run(self, module: Any, invocation: Invocation, client: Any) -> RunResult:
+    def run(self, module: Any, invocation: Invocation, client: Any, route: str) -> RunResult:
         watchdog = self.watchdog
         timeout = invocation.limits.timeout
         if watchdog is None or timeout is None or not isinstance(client, socket.socket):
             return self.engine.run(module, invocation)
-        watchdog.arm(client, timeout)
+        watchdog.arm(client, timeout, route)
         try:
             return self.engine.run(module, invocation)
         finally:

@@ -44,8 +44,9 @@ class Watchdog:
         )
         theirs.close()
 
-    def arm(self, client: socket.socket, seconds: float) -> None:
-        socket.send_fds(self._sock, [f"arm {seconds}".encode()], [client.fileno()])
+    def arm(self, client: socket.socket, seconds: float, route: str) -> None:
+        """Answer 504 on ``client`` and end this worker unless disarmed within ``seconds``."""
+        socket.send_fds(self._sock, [f"arm {seconds} {route}".encode()], [client.fileno()])
 
     def disarm(self) -> None:
         """Take the socket back; returns once the watchdog has let go of it."""
@@ -63,13 +64,14 @@ class Watchdog:
 def _serve(channel: socket.socket, worker_pid: int) -> None:
     """The watchdog process: wait for arm/disarm messages until the worker goes away."""
     while True:
-        msg, fds, _flags, _addr = socket.recv_fds(channel, 64, 1)
+        msg, fds, _flags, _addr = socket.recv_fds(channel, 4096, 1)
         if not msg:
             return  # the worker is gone
         if not msg.startswith(b"arm ") or not fds:
             continue
         client = socket.socket(fileno=fds[0])
-        channel.settimeout(float(msg.split()[1]))
+        _, seconds, route = msg.decode().split(" ", 2)
+        channel.settimeout(float(seconds))
         try:
             reply = channel.recv(64)
         except TimeoutError:
@@ -78,6 +80,13 @@ def _serve(channel: socket.socket, worker_pid: int) -> None:
         if reply is None:
             _answer_timeout(client)
             os.kill(worker_pid, signal.SIGKILL)
+            print(
+                f"wagi watchdog: [{route}] timed out after {seconds}s and the engine cannot "
+                f"interrupt it: answered 504 and ended worker {worker_pid}; gunicorn starts a "
+                "new one",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         client.close()
         if not reply:
