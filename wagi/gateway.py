@@ -223,21 +223,28 @@ class Gateway:
 
     @classmethod
     def create(
-        cls, settings: ServerSettings, config: Config, choice: EngineChoice | None = None
+        cls,
+        settings: ServerSettings,
+        config: Config,
+        choice: EngineChoice | None = None,
+        *,
+        serving: bool = False,
     ) -> Gateway:
-        """Everything a worker needs to serve: engine, compiled modules, routing table."""
+        """Everything a worker needs to serve: engine, compiled modules, routing table.
+
+        ``serving`` (a gunicorn worker) also starts the 504 watchdog when the engine
+        cannot interrupt a module, before the engine exists: nothing is spawned from a
+        process that has already compiled.
+        """
         if choice is None:
             choice = choose_engine(settings.engine, config, settings.max_memory)
+        watchdog = Watchdog() if serving and not choice.capabilities.interruptible else None
         engine = create_engine(choice.name, settings.cache_dir)
         loader = ModuleLoader(engine)
         table = build_routing_table(config, engine, loader, settings)
         gateway = cls(settings, engine, loader, table, ModuleLog(settings.log_dir))
+        gateway.watchdog = watchdog
         return gateway
-
-    def start_watchdog(self) -> None:
-        """Start the 504 watchdog if the engine cannot interrupt modules (gunicorn workers)."""
-        if not self.engine.capabilities.interruptible and self.watchdog is None:
-            self.watchdog = Watchdog()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         return self.wsgi_app(environ, start_response)  # type: ignore[no-any-return]

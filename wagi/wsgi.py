@@ -38,8 +38,7 @@ class WagiApp:
                 wagi_log.handlers = gunicorn_log.handlers
                 wagi_log.setLevel(gunicorn_log.level)
                 wagi_log.propagate = False
-            self.gateway = Gateway.create(self.settings, self.config)
-            self.gateway.start_watchdog()
+            self.gateway = Gateway.create(self.settings, self.config, serving=True)
         return self.gateway
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
