@@ -138,3 +138,31 @@ class Engine(abc.ABC):
         :class:`RunResult`; only a failure to instantiate (say, a missing import)
         raises :class:`EngineError`.
         """
+
+
+def read_module(path: Path) -> bytes:
+    """The module's binary: a ``.wasm`` as it is, WebAssembly text assembled.
+
+    A file that starts with ``\\0asm`` is binary whatever its name; anything else
+    must be UTF-8 WAT. Both engines use wasmtime's assembler (a dependency on every
+    Python), so a ``.wat`` has the same bytes, and the same cache key, on both.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise EngineError(f"{path}: cannot read module: {exc.strerror or exc}") from None
+    if data.startswith(b"\0asm"):
+        return data
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EngineError(
+            f"{path}: not a WebAssembly module (no \\0asm header, and not UTF-8 text)"
+        ) from None
+    import wasmtime
+
+    try:
+        return bytes(wasmtime.wat2wasm(text))
+    except wasmtime.WasmtimeError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
+        raise EngineError(f"{path}: not a valid WebAssembly text module: {first_line}") from None

@@ -5,6 +5,13 @@ must never happen in the gunicorn master (a forked child of a process that
 compiled hangs). Workers, and the start-up helper process, therefore compile
 once and share the result through files keyed by the module's content hash,
 the engine's name and the engine's version.
+
+An artifact is native code that the engine maps and runs, and engines check
+little of it when deserializing (wasmer's segfaults on a truncated file;
+wasmtime checks only a header). Every entry therefore carries a SHA-256 of its
+payload, checked on every read: a damaged entry is deleted and reported as a
+miss, never handed to an engine. The cache directory must still be trusted: an
+entry written with a valid checksum by someone else would be run.
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+_MAGIC = b"wagi-artifact-1\n"
+_HEADER = len(_MAGIC) + 32
 
 
 def content_hash(data: bytes) -> str:
@@ -31,14 +41,22 @@ class ArtifactCache:
         return self.directory / f"{engine}-{version}" / f"{digest}.bin"
 
     def get(self, engine: str, version: str, digest: str) -> bytes | None:
+        """The stored payload, or ``None`` if absent or damaged (a damaged entry is removed)."""
         if self.directory is None:
             return None
         try:
-            return self._path(engine, version, digest).read_bytes()
+            entry = self._path(engine, version, digest).read_bytes()
         except OSError:
             return None
+        payload = entry[_HEADER:]
+        if not entry.startswith(_MAGIC) or entry[len(_MAGIC) : _HEADER] != (
+            hashlib.sha256(payload).digest()
+        ):
+            self.discard(engine, version, digest)
+            return None
+        return payload
 
-    def put(self, engine: str, version: str, digest: str, artifact: bytes) -> None:
+    def put(self, engine: str, version: str, digest: str, payload: bytes) -> None:
         """Store atomically, so a concurrent reader never sees half a file."""
         if self.directory is None:
             return
@@ -47,14 +65,14 @@ class ArtifactCache:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
             with os.fdopen(fd, "wb") as out:
-                out.write(artifact)
+                out.write(_MAGIC + hashlib.sha256(payload).digest() + payload)
             os.replace(tmp, target)
         except OSError:
             # A read-only or full cache only costs speed, never correctness.
             pass
 
     def discard(self, engine: str, version: str, digest: str) -> None:
-        """Forget an artifact that failed to deserialize."""
+        """Forget an entry, e.g. one the engine refused to deserialize."""
         if self.directory is None:
             return
         with contextlib.suppress(OSError):

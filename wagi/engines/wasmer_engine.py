@@ -49,12 +49,13 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from hashlib import sha256
 from pathlib import Path
 from typing import Any
+
+import wasmtime
 
 from .base import (
     Capabilities,
@@ -64,6 +65,7 @@ from .base import (
     Invocation,
     LoadedModule,
     RunResult,
+    read_module,
 )
 from .cache import ArtifactCache, content_hash
 
@@ -92,9 +94,6 @@ for a PMD-sized folio): any attempt to write past ``limit`` then either
 succeeds (the file offset passes ``limit``) or fails at an offset already
 past it. The file is sparse, so the slack costs nothing unless written.
 """
-
-_ARTIFACT_MAGIC = b"wagi-wasmer-artifact-1\n"
-"""Header of a cached artifact, followed by the SHA-256 of the payload."""
 
 _SCRUB_WAT = """
 (module
@@ -154,29 +153,6 @@ def _import_wasmer() -> tuple[Any, Any]:
     from wasmer_compiler_cranelift import Compiler
 
     return wasmer, Compiler
-
-
-def _assembler() -> Callable[[str], Any]:
-    """wasmtime's ``wat2wasm`` where it imports (both engines then agree), else wasmer's."""
-    try:
-        import wasmtime
-    except ImportError:
-        fallback: Callable[[str], Any] = _import_wasmer()[0].wat2wasm
-        return fallback
-    return wasmtime.wat2wasm
-
-
-def _wat_to_wasm(path: Path, text: bytes) -> bytes:
-    """Assemble the text format, naming the file in any error."""
-    try:
-        source = text.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EngineError(f"{path}: neither a WebAssembly binary nor UTF-8 WAT text") from exc
-    assemble = _assembler()
-    try:
-        return bytes(assemble(source))
-    except Exception as exc:
-        raise EngineError(f"{path}: invalid WebAssembly text: {_first_lines(str(exc))}") from exc
 
 
 def _first_lines(message: str, limit: int = _DETAIL_MAX) -> str:
@@ -306,19 +282,13 @@ class WasmerEngine(Engine):
 
     def load(self, path: Path) -> WasmerModule:
         path = Path(path)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise EngineError(f"{path}: cannot read module: {exc.strerror or exc}") from exc
-        wasm = data if data[:4] == b"\0asm" else _wat_to_wasm(path, data)
+        wasm = read_module(path)
         digest = content_hash(wasm)
         store = self._new_store()
         module = self._from_cache(store, digest)
         if module is None:
             module = self._compile(path, store, wasm)
-            payload = bytes(module.serialize())
-            artifact = _ARTIFACT_MAGIC + sha256(payload).digest() + payload
-            self._cache.put(self.name, self._cache_version, digest, artifact)
+            self._cache.put(self.name, self._cache_version, digest, bytes(module.serialize()))
         params = {
             export.name: len(export.type.params)
             for export in module.exports
@@ -345,17 +315,9 @@ class WasmerEngine(Engine):
             raise EngineError(f"{path}: invalid WebAssembly module: {reason}") from exc
 
     def _from_cache(self, store: Any, digest: str) -> Any:
-        """A deserialized artifact, or None; a damaged one is discarded, never deserialized."""
-        artifact = self._cache.get(self.name, self._cache_version, digest)
-        if artifact is None:
-            return None
-        head = len(_ARTIFACT_MAGIC)
-        payload = artifact[head + 32 :]
-        if (
-            artifact[:head] != _ARTIFACT_MAGIC
-            or artifact[head : head + 32] != sha256(payload).digest()
-        ):
-            self._cache.discard(self.name, self._cache_version, digest)
+        """A deserialized artifact, or None (the cache never returns a damaged one)."""
+        payload = self._cache.get(self.name, self._cache_version, digest)
+        if payload is None:
             return None
         try:
             return self._wasmer.Module.deserialize(store, payload)
@@ -523,7 +485,7 @@ class WasmerEngine(Engine):
         try:
             if self._scrubber is None:
                 store = self._new_store()
-                wasm = _wat_to_wasm(Path("<scrub>"), _SCRUB_WAT.encode())
+                wasm = bytes(wasmtime.wat2wasm(_SCRUB_WAT))
                 scrub_module = self._wasmer.Module(store, wasm)
                 wasi = self._wasmer.wasi
                 imports = (

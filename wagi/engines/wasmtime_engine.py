@@ -43,7 +43,6 @@ worker.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import importlib.metadata
 import math
 import os
@@ -64,6 +63,7 @@ from .base import (
     Invocation,
     LoadedModule,
     RunResult,
+    read_module,
 )
 from .cache import ArtifactCache, content_hash
 
@@ -94,11 +94,6 @@ one thread alive under load and lets an unused engine be freed."""
 _NO_DEADLINE = 1 << 62
 """Epoch deadline for untimed runs. With epoch interruption enabled, a store's
 deadline starts at 0, which would trap at once."""
-
-_ARTIFACT_MAGIC = b"wagi-wasmtime-artifact\0"
-"""Prefix of cache entries, followed by the SHA-256 of the serialized module.
-wasmtime checks the artifact's header and version but not its code, so corruption
-of a cache file must be caught before it is deserialized."""
 
 _FORWARDER_WAT = """
 (module
@@ -440,7 +435,7 @@ class WasmtimeEngine(Engine):
 
     def load(self, path: Path) -> WasmtimeModule:
         path = Path(path)
-        wasm = _read_wasm(path)
+        wasm = read_module(path)
         digest = content_hash(wasm)
         module, from_cache = self._compile(path, wasm, digest)
         instance_pre: wasmtime.InstancePre | None = None
@@ -464,15 +459,12 @@ class WasmtimeEngine(Engine):
         """Fetch from the artifact cache, or compile and store."""
         cache = self._cache
         if cache is not None:
-            artifact = cache.get(self.name, self._version, digest)
-            if artifact is not None:
-                payload = _unframe(artifact)
-                if payload is not None:
-                    try:
-                        return wasmtime.Module.deserialize(self._engine, payload), True
-                    except wasmtime.WasmtimeError:
-                        pass
-                cache.discard(self.name, self._version, digest)
+            payload = cache.get(self.name, self._version, digest)
+            if payload is not None:
+                try:
+                    return wasmtime.Module.deserialize(self._engine, payload), True
+                except wasmtime.WasmtimeError:
+                    cache.discard(self.name, self._version, digest)
         try:
             module = wasmtime.Module(self._engine, wasm)
         except wasmtime.WasmtimeError as exc:
@@ -480,7 +472,7 @@ class WasmtimeEngine(Engine):
                 f"{path}: not a valid WebAssembly module: {_one_line(str(exc))}"
             ) from None
         if cache is not None:
-            cache.put(self.name, self._version, digest, _frame(bytes(module.serialize())))
+            cache.put(self.name, self._version, digest, bytes(module.serialize()))
         return module, False
 
     def _instantiate_forwarder(self, caller: wasmtime.Caller) -> Mapping[str, Any]:
@@ -649,40 +641,3 @@ def _set_stdin_memfd(wasi: wasmtime.WasiConfig, data: bytes) -> None:
         wasi.stdin_file = f"/proc/self/fd/{fd}"
     finally:
         os.close(fd)
-
-
-def _read_wasm(path: Path) -> bytes:
-    """The module's binary, converting WebAssembly text (``.wat``) when needed."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise EngineError(f"{path}: cannot read module: {exc.strerror}") from None
-    if data.startswith(b"\0asm"):
-        return data
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise EngineError(
-            f"{path}: not a WebAssembly module (no \\0asm header, and not UTF-8 text)"
-        ) from None
-    try:
-        return bytes(wasmtime.wat2wasm(text))
-    except wasmtime.WasmtimeError as exc:
-        raise EngineError(
-            f"{path}: not a valid WebAssembly text module: {_one_line(str(exc))}"
-        ) from None
-
-
-def _frame(payload: bytes) -> bytes:
-    return _ARTIFACT_MAGIC + hashlib.sha256(payload).digest() + payload
-
-
-def _unframe(artifact: bytes) -> bytes | None:
-    """The serialized module, or ``None`` if the cache entry is damaged."""
-    header = len(_ARTIFACT_MAGIC) + 32
-    if len(artifact) < header or not artifact.startswith(_ARTIFACT_MAGIC):
-        return None
-    payload = artifact[header:]
-    if hashlib.sha256(payload).digest() != artifact[len(_ARTIFACT_MAGIC) : header]:
-        return None
-    return payload
