@@ -343,3 +343,16 @@ def strip_volatile(response: bytes) -> bytes:
     """Drop what differs between two servers whatever the engine: Date and the client port."""
     lines = response.split(b"\n")
     return b"\n".join(line for line in lines if not line.startswith((b"Date:", b"REMOTE_PORT=")))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_run_stops_a_module_past_its_timeout(tmp_path: Path, engine: str) -> None:
+    config = write_config(tmp_path, '[[module]]\nroute = "/p"\nmodule = "{probe}"\n')
+    result = wagi(
+        "run", "--config", str(config), "--engine", engine, "--timeout", "1", "/p?hdr&loop"
+    )
+    if engine == "wasmtime":
+        assert result.returncode == 0
+        assert result.stdout.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
+    else:  # wasmer cannot be interrupted: the command ends by SIGALRM instead of hanging
+        assert result.returncode == -14

@@ -446,3 +446,11 @@ def _wat_response(text: str) -> str:
         (i32.store (i32.const 0) (i32.const 64))
         (i32.store (i32.const 4) (i32.const {length}))
         (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"""
+
+
+def test_the_master_never_loads_an_engine(server: Server) -> None:
+    """A forked child of a process that compiled hangs: engines live in workers only."""
+    assert server.get("/hello").status_code == 200
+    maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+    assert "wasmtime" not in maps
+    assert "wasmer" not in maps

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,7 +127,14 @@ def run(args: argparse.Namespace) -> int:
     environ = builder.get_environ()
     if not any(name.lower() == "host" for name, _ in headers):
         environ.pop("HTTP_HOST", None)
+    if not choice.capabilities.interruptible:
+        # Nothing in this process can stop such a module (not even Ctrl-C): past the
+        # longest timeout, SIGALRM's default action ends the command (exit status 142).
+        longest = max(route.handler.limits.timeout or 0 for route in gateway.table.routes())
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, longest)
     response = Response.from_app(gateway, environ)
+    signal.setitimer(signal.ITIMER_REAL, 0)
     out = sys.stdout.buffer
     out.write(f"HTTP/1.1 {response.status}\r\n".encode("latin-1"))
     for name, value in response.headers.items():
