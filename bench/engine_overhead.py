@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.metadata
+import math
 import platform
 import subprocess
 import sys
@@ -90,7 +91,7 @@ class Timing:
         if not self.per_call_ns:
             return None
         ordered = sorted(self.per_call_ns)
-        rank = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+        rank = max(0, min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1))
         return ordered[rank] / 1000
 
 
