@@ -25,6 +25,7 @@ forked child of a process that compiled with cranelift hangs). With
 from __future__ import annotations
 
 import argparse
+import array
 import gc
 import importlib.metadata
 import math
@@ -62,13 +63,15 @@ CGI_ENV: Mapping[str, str] = {
     "QUERY_STRING": "a=1",
     "REMOTE_ADDR": "127.0.0.1",
     "REMOTE_HOST": "127.0.0.1",
+    "REMOTE_PORT": "49400",
     "REMOTE_USER": "",
     "REQUEST_METHOD": "GET",
+    "REQUEST_URI": "/env/x?a=1",
     "SCRIPT_NAME": "/env",
     "SERVER_NAME": "127.0.0.1",
     "SERVER_PORT": "3000",
     "SERVER_PROTOCOL": "HTTP/1.1",
-    "SERVER_SOFTWARE": "WAGI/1",
+    "SERVER_SOFTWARE": "WAGI/0.1.0",
     "X_FULL_URL": "http://127.0.0.1:3000/env/x?a=1",
     "X_MATCHED_ROUTE": "/env/...",
     "X_RAW_PATH_INFO": "/x",
@@ -80,7 +83,7 @@ class Timing:
     label: str
     total_s: float
     count: int
-    per_call_ns: list[int] | None = None
+    per_call_ns: array.array[int] | None = None
     """Each call timed on its own (engine runs only; too coarse for the baselines)."""
 
     @property
@@ -144,19 +147,29 @@ def time_runs(
     argv: list[str],
     env: Mapping[str, str],
     expect: bytes,
+    per_call: array.array[int] | None = None,
 ) -> tuple[Timing, int]:
-    """``count`` runs, each timed; returns the timing and how many runs did not succeed."""
-    per_call: list[int] = []
+    """``count`` runs, each timed; returns the timing and how many runs did not succeed.
+
+    ``per_call`` receives each run's time: allocated beforehand, so that
+    recording the timings does not show up as memory growth.
+    """
+    if per_call is None:
+        per_call = timings_buffer(count)
     failures = 0
     clock = time.perf_counter_ns
     start = time.perf_counter()
-    for _ in range(count):
+    for i in range(count):
         t0 = clock()
         result = engine.run(module, Invocation(entrypoint="_start", argv=argv, env=env))
-        per_call.append(clock() - t0)
+        per_call[i] = clock() - t0
         if not result.succeeded or expect not in result.stdout:
             failures += 1
     return Timing(label, time.perf_counter() - start, count, per_call), failures
+
+
+def timings_buffer(count: int) -> array.array[int]:
+    return array.array("q", bytes(8 * count))
 
 
 def fmt_us(value: float | None) -> str:
@@ -196,6 +209,7 @@ def bench_engine(name: str, module_path: Path, runs: int) -> int:
     if failures:
         print(f"{name}: {failures}/{WARMUP_RUNS} warm-up runs failed", file=sys.stderr)
         return 1
+    buffers = (timings_buffer(runs), timings_buffer(runs))
     mem_warm = memory_kib()
 
     gc.collect()
@@ -206,10 +220,17 @@ def bench_engine(name: str, module_path: Path, runs: int) -> int:
         lambda: Invocation(entrypoint="_start", argv=argv, env=small_env),
     )
     run_small, fail_small = time_runs(
-        "run (argv + 1 env var)", engine, module, runs, argv, small_env, expect
+        "run (argv + 1 env var)", engine, module, runs, argv, small_env, expect, buffers[0]
     )
     run_cgi, fail_cgi = time_runs(
-        f"run (argv + {len(CGI_ENV)} CGI vars)", engine, module, runs, argv, CGI_ENV, expect
+        f"run (argv + {len(CGI_ENV)} CGI vars)",
+        engine,
+        module,
+        runs,
+        argv,
+        CGI_ENV,
+        expect,
+        buffers[1],
     )
     mem_end = memory_kib()
 
