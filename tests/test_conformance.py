@@ -7,7 +7,9 @@ the same assertions, byte for byte.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -454,3 +456,14 @@ def test_the_master_never_loads_an_engine(server: Server) -> None:
     maps = Path(f"/proc/{server.process.pid}/maps").read_text()
     assert "wasmtime" not in maps
     assert "wasmer" not in maps
+
+
+def test_a_lost_worker_is_replaced(server: Server) -> None:
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    workers = [int(pid) for pid in children.read_text().split()]
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    for i in range(10):
+        r = server.get(f"/probe?hdr&print=alive-{i}")
+        assert (r.status_code, r.text) == (200, f"alive-{i}\n")
