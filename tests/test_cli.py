@@ -356,3 +356,12 @@ def test_run_stops_a_module_past_its_timeout(tmp_path: Path, engine: str) -> Non
         assert result.stdout.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
     else:  # wasmer cannot be interrupted: the command ends by SIGALRM instead of hanging
         assert result.returncode == -14
+
+
+def test_start_up_refuses_a_module_timeout_above_the_worker_timeout(tmp_path: Path) -> None:
+    config = write_config(tmp_path, '[[module]]\nroute = "/p"\nmodule = "{probe}"\ntimeout = 200\n')
+    server = start_gunicorn(tmp_path, config, "wasmtime", wait=False)
+    assert server.process.wait(timeout=60) != 0
+    log = server.log()
+    assert "a module may run for 200s but gunicorn's worker timeout is 120s" in log
+    assert "Booting worker" not in log

@@ -48,6 +48,27 @@ def on_starting(server: Any) -> None:
         sys.exit(1)
     for line in result.stdout.strip().splitlines():
         server.log.info("%s", line)
+    problem = timeout_problem(server.cfg.timeout)
+    if problem:
+        server.log.error("wagi cannot start: %s", problem)
+        sys.exit(1)
+
+
+def timeout_problem(worker_timeout: float) -> str | None:
+    """gunicorn must not kill a worker for silence before wagi answers 504 for its module."""
+    from wagi import settings as wagi_settings
+    from wagi.config import load_config
+
+    server_settings = wagi_settings.load()
+    config = load_config(server_settings.config)
+    longest = max([server_settings.timeout] + [m.timeout for m in config.modules if m.timeout])
+    if longest < worker_timeout:
+        return None
+    return (
+        f"a module may run for {longest:g}s but gunicorn's worker timeout is {worker_timeout:g}s; "
+        f"raise gunicorn's worker timeout above it (-t {int(longest) + 30}; with wagi serve, "
+        "--timeout is the module timeout) or lower the module timeouts"
+    )
 
 
 def post_worker_init(worker: Any) -> None:

@@ -78,8 +78,8 @@ def refusals(name: str, config: Config, max_memory: int | None) -> list[str]:
         if entry.volumes and not caps.volumes:
             problems.append(
                 f"{where}, key 'volumes': {name} does not confine a module to its volumes "
-                "('..' and symlinks reach host files), so wagi will not map volumes with it; "
-                "use the wasmtime engine"
+                "(absolute paths and symlinks reach any host file), so wagi maps no volumes "
+                "with it; use the wasmtime engine"
             )
         elif any(v.read_only for v in entry.volumes) and not caps.read_only_volumes:
             problems.append(
