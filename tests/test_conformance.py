@@ -435,6 +435,24 @@ def test_module_replaced_on_disk_is_picked_up(
     assert srv.get("/swap").text == "first"
     module.write_text(_wat_response("second!"))
     assert srv.get("/swap").text == "second!"
+    module.unlink()
+    gone = srv.get("/swap")
+    assert (gone.status_code, gone.text) == (
+        500,
+        "500 Internal Server Error: the module could not be loaded\n",
+    )
+    assert f"[/swap] cannot load {module}" in srv.log()
+    module.write_text('(module (func (export "_start")) (oops))')
+    assert srv.get("/swap").status_code == 500
+    assert "not a valid WebAssembly text module" in srv.log()
+    module.write_text(_wat_response("back"))
+    assert srv.get("/swap").text == "back"
+
+
+def test_malformed_requests_get_400_and_the_server_keeps_serving(server: Server) -> None:
+    for garbage in (b"GARBAGE\r\n\r\n", b"GET /hello HTTP/1.1\r\nBad Header\r\n\r\n"):
+        assert server.raw(garbage).startswith(b"HTTP/1.1 400 ")
+    assert server.get("/hello").text == "Hello, world!\n"
 
 
 def _wat_response(text: str) -> str:
