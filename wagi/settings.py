@@ -17,7 +17,7 @@ import os
 import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -233,20 +233,23 @@ SETTINGS: Sequence[Setting] = (
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """The parsed server options (see :data:`SETTINGS` for what each means)."""
+    """The parsed server options: only types here, defaults and meaning are in :data:`SETTINGS`.
 
-    config: Path = Path("modules.toml")
-    env: tuple[tuple[str, str], ...] = ()
-    env_file: Path | None = None
-    default_host: str = "localhost:3000"
-    log_dir: Path | None = None
-    cache_dir: Path | None = field(default_factory=_default_cache_dir)
-    engine: str = "auto"
-    timeout: float = 30.0
-    max_memory: int | None = None
-    max_body: int = 10 * 1024**2
-    max_response: int = 64 * 1024**2
-    trusted_proxy_hops: int = 0
+    Build one with :func:`load`.
+    """
+
+    config: Path
+    env: tuple[tuple[str, str], ...]
+    env_file: Path | None
+    default_host: str
+    log_dir: Path | None
+    cache_dir: Path | None
+    engine: str
+    timeout: float
+    max_memory: int | None
+    max_body: int
+    max_response: int
+    trusted_proxy_hops: int
 
 
 assert [s.name for s in SETTINGS] == [f.name for f in fields(ServerSettings)]
@@ -289,7 +292,7 @@ def load(
 ) -> ServerSettings:
     """Settings from command-line ``args`` first, then ``WAGI_*`` variables, then defaults."""
     environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
     for setting in SETTINGS:
         given = getattr(args, setting.name, None) if args is not None else None
         if given is not None:
