@@ -99,29 +99,10 @@ class Timing:
 
 
 def memory_kib() -> dict[str, int]:
-    """RSS, PSS and USS of this process in KiB (``smaps_rollup``; RSS only without it)."""
-    fields: dict[str, int] = {}
-    try:
-        with open("/proc/self/smaps_rollup") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
-                    fields[parts[0][:-1]] = int(parts[1])
-    except OSError:
-        pass
-    if "Rss" not in fields:
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        fields["Rss"] = int(line.split()[1])
-        except OSError:
-            pass
-    result = {"rss": fields.get("Rss", 0)}
-    if "Pss" in fields:
-        result["pss"] = fields["Pss"]
-        result["uss"] = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
-    return result
+    """RSS, PSS and USS of this process in KiB (the same reading ``run.py`` takes of workers)."""
+    from run import memory_kib as process_memory_kib
+
+    return process_memory_kib("self")
 
 
 def time_loop(label: str, count: int, body: Callable[[], object]) -> Timing:

@@ -177,7 +177,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def memory_kib(pid: int) -> dict[str, int]:
+def memory_kib(pid: int | str) -> dict[str, int]:
     """RSS, and PSS and USS when ``smaps_rollup`` is readable, in KiB."""
     fields: dict[str, int] = {}
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -172,5 +171,6 @@ def server_factory(
         server.stop()
 
 
-def have(program: str) -> bool:
-    return shutil.which(program) is not None or Path("/usr/sbin/" + program).exists()
+def env_lines(text: str) -> dict[str, str]:
+    """``NAME=value`` lines (the probe's ``env`` output) as a dict."""
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)

@@ -17,7 +17,7 @@ import pytest
 
 import wagi
 
-from .conftest import Server
+from .conftest import Server, env_lines
 
 CONFIG = """
 [[module]]
@@ -95,10 +95,6 @@ def head_and_body(raw: bytes) -> tuple[str, dict[str, list[str]], bytes]:
         name, _, value = line.partition(":")
         headers.setdefault(name.strip().lower(), []).append(value.strip())
     return lines[0], headers, body
-
-
-def env_lines(text: str) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 # --- SPEC 3: routing --------------------------------------------------------------------

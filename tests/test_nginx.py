@@ -14,13 +14,17 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import ENGINES, SAMPLES, Server, free_port, start_gunicorn, write_config
+from .conftest import (
+    ENGINES,
+    SAMPLES,
+    Server,
+    env_lines,
+    free_port,
+    start_gunicorn,
+    write_config,
+)
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-def env_lines(text: str) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 @pytest.fixture(scope="module", params=ENGINES)
