@@ -25,7 +25,8 @@ from wagi.engines.base import (  # noqa: E402
     Limits,
     Preopen,
 )
-from wagi.engines.cache import ArtifactCache  # noqa: E402
+from wagi.engines.cache import ArtifactCache, content_hash  # noqa: E402
+from wagi.engines.memory_cap import cap_memory  # noqa: E402
 from wagi.engines.wasmer_engine import (  # noqa: E402
     _SEAL_SLACK,
     WasmerEngine,
@@ -95,7 +96,7 @@ def test_available_and_identity(engine: WasmerEngine) -> None:
     assert engine.version == __import__("wasmer").__version__
     caps = engine.capabilities
     assert not caps.volumes and not caps.read_only_volumes
-    assert not caps.memory_limit and not caps.interruptible
+    assert caps.memory_limit and not caps.interruptible
 
 
 def test_hello(engine: WasmerEngine, load: Callable[[str], WasmerModule]) -> None:
@@ -539,3 +540,102 @@ def test_preopen_fd_layout(load: Callable[[str], WasmerModule], tmp_path: Path) 
     assert result.stdout == b"3=/\0\n4=data\0\n5=etc/conf\0\n"
     with pytest.raises(EngineError, match="read-only"):
         engine.run(module, Invocation(preopens=[Preopen("/r", tmp_path, read_only=True)]))
+
+
+GROW = wat(
+    """
+  ;; 100 more pages = 6.25 MiB on top of 17; exit 1 if refused
+  (func (export "_start")
+    (if (i32.eq (memory.grow (i32.const 100)) (i32.const -1))
+      (then (call $proc_exit (i32.const 1))))
+    (call $write (i32.const 1) (i32.const 1024) (i32.const 5)))
+""",
+    '(data (i32.const 1024) "grown")',
+)
+
+
+def test_memory_limit(engine: WasmerEngine, load: Callable[[str], WasmerModule]) -> None:
+    """Runs with and without a limit share one loaded module; a limit never leaks into another."""
+    module = load(GROW)
+    for _ in range(2):
+        limited = engine.run(module, Invocation(limits=Limits(max_memory=2 << 20)))
+        assert (limited.ending, limited.exit_code, limited.stdout) == (Ending.EXITED, 1, b"")
+        unlimited = engine.run(module, Invocation())
+        assert (unlimited.ending, unlimited.stdout) == (Ending.RETURNED, b"grown")
+        roomy = engine.run(module, Invocation(limits=Limits(max_memory=117 * 65536)))
+        assert (roomy.ending, roomy.stdout) == (Ending.RETURNED, b"grown")
+        # One page short of the 117 it needs (limits are whole pages: the odd bytes do not count).
+        tight = engine.run(module, Invocation(limits=Limits(max_memory=117 * 65536 - 1)))
+        assert tight.ending is Ending.EXITED
+    assert sorted(module.capped) == [2 << 20, 117 * 65536 - 1, 117 * 65536]
+
+
+def test_memory_limit_keeps_stdio_working(
+    engine: WasmerEngine, load: Callable[[str], WasmerModule]
+) -> None:
+    """The capped variant lives in its own Store; its WASI state must come from that Store."""
+    module = load(ECHO_STDIN)
+    limits = Limits(max_memory=4 << 20)
+    result = engine.run(module, Invocation(stdin=b"through the variant", limits=limits))
+    assert result.stdout == b"through the variant"
+    leftover = engine.run(module, Invocation(entrypoint="read3", stdin=b"XYZxyz", limits=limits))
+    assert leftover.stdout == b"XYZ"
+    assert engine.run(module, Invocation(stdin=b"next", limits=limits)).stdout == b"next"
+
+
+def test_initial_memory_beyond_the_limit_is_engine_error(
+    engine: WasmerEngine, load: Callable[[str], WasmerModule]
+) -> None:
+    """17 pages at start cannot run under 1 MiB (16 pages): refused, with the reason, every time."""
+    module = load(HELLO)
+    for _ in range(2):
+        with pytest.raises(EngineError) as info:
+            engine.run(module, Invocation(limits=Limits(max_memory=1 << 20)))
+        assert str(info.value) == (
+            f"{module.path}: cannot limit its memory: the module needs 1114112 bytes of memory "
+            "at start (17 pages of 64 KiB), more than max_memory 1048576"
+        )
+    with pytest.raises(EngineError, match="more than max_memory 1048576"):
+        engine.prepare(module, Limits(max_memory=1 << 20))
+    assert engine.run(module, Invocation()).stdout == b"hello, world\n"
+
+
+def test_declared_maximum_within_the_limit_needs_no_variant(
+    engine: WasmerEngine, load: Callable[[str], WasmerModule]
+) -> None:
+    module = load(
+        HELLO.replace('(memory (export "memory") 17)', '(memory (export "memory") 17 20)')
+    )
+    engine.prepare(module, Limits(max_memory=64 << 20))
+    assert module.capped[64 << 20].module is module.module
+    result = engine.run(module, Invocation(limits=Limits(max_memory=64 << 20)))
+    assert result.stdout == b"hello, world\n"
+
+
+def test_memory_variant_is_compiled_once_and_shared_through_the_cache(tmp_path: Path) -> None:
+    """``prepare`` (the start-up helper) compiles the variant; workers deserialize it."""
+    cache_dir = tmp_path / "cache"
+    path = tmp_path / "grow.wasm"
+    path.write_bytes(wasmtime.wat2wasm(GROW))
+    limits = Limits(max_memory=2 << 20)
+    helper = WasmerEngine(cache=ArtifactCache(cache_dir))
+    helper.prepare(helper.load(path), limits)
+    capped_digest = content_hash(cap_memory(path.read_bytes(), 2 << 20))
+    names = sorted(p.name for p in cache_dir.glob("wasmer-*/*.bin"))
+    assert names == sorted([f"{content_hash(path.read_bytes())}.bin", f"{capped_digest}.bin"])
+
+    worker = WasmerEngine(cache=ArtifactCache(cache_dir))
+    worker._compile = lambda *a: pytest.fail("compiled despite a cached artifact")  # type: ignore[method-assign]
+    module = worker.load(path)
+    for _ in range(3):
+        result = worker.run(module, Invocation(limits=limits))
+        assert (result.ending, result.exit_code) == (Ending.EXITED, 1)
+    assert worker.run(module, Invocation()).stdout == b"grown"
+
+
+def test_prepare_without_a_limit_compiles_nothing(
+    engine: WasmerEngine, load: Callable[[str], WasmerModule]
+) -> None:
+    module = load(HELLO)
+    engine.prepare(module, Limits(timeout=5))
+    assert module.capped == {}

@@ -136,3 +136,41 @@ def test_memory_limit(fs: Server) -> None:
     assert fs.get("/small?hdr&grow=64").text == "failed\n"
     # The unlimited route on the same worker still grows.
     assert fs.get("/fs?hdr&grow=64").text == "grew\n"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_memory_limit_on_every_engine(
+    engine: str, server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    config = (
+        '[[module]]\nroute = "/small"\nmodule = "{probe}"\nmax_memory = "16 MiB"\n'
+        '[[module]]\nroute = "/big"\nmodule = "{probe}"\n'
+    )
+    server = server_factory(config, engine, workers=1)
+    assert server.get("/small?hdr&grow=4").text == "grew\n"
+    assert server.get("/small?hdr&grow=64").text == "failed\n"
+    assert server.get("/big?hdr&grow=64").text == "grew\n"
+
+
+def test_a_memory_limit_below_the_starting_memory_stops_start_up(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    fat = '(module (memory (export "memory") 300) (func (export "_start")))'
+    (tmp_path / "fat.wat").write_text(fat)
+    config = write_config(
+        tmp_path, '[[module]]\nroute = "/fat"\nmodule = "fat.wat"\nmax_memory = "1 MiB"\n'
+    )
+    for engine in ENGINES:
+        result = subprocess.run(
+            [sys.executable, "-m", "wagi", "check", "--config", str(config), "--engine", engine],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2
+        assert "(route '/fat'), key 'max_memory':" in result.stderr
+        assert "more than max_memory" in result.stderr

@@ -169,6 +169,10 @@ def build_routing_table(
                 f"{entry.entrypoint!r} (it exports: {', '.join(sorted(module.exports)) or 'none'})"
             )
         parent = make_handler(entry, entry.entrypoint, global_env, settings)
+        try:
+            engine.prepare(module, parent.limits)
+        except EngineError as exc:
+            raise StartupError(f"{where}, key 'max_memory': {exc}") from None
         routes.append(Route(entry.route, parent, (entry.index, 0)))
         if ROUTES_EXPORT not in module.exports:
             continue

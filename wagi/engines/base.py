@@ -130,6 +130,12 @@ class Engine(abc.ABC):
         valid module.
         """
 
+    def prepare(self, module: LoadedModule, limits: Limits) -> None:  # noqa: B027
+        """Do ahead of time what :meth:`run` will need under ``limits`` (at start-up).
+
+        Raises :class:`EngineError` if ``module`` can never run under ``limits``.
+        """
+
     @abc.abstractmethod
     def run(self, module: LoadedModule, invocation: Invocation) -> RunResult:
         """Instantiate ``module`` with WASI and call ``invocation.entrypoint``.

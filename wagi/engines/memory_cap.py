@@ -17,8 +17,8 @@ imported, and copies every other byte of the module unchanged::
 It refuses, with :class:`MemoryCapError`, what it cannot cap honestly: several
 memories (the limit is for the whole instance), shared and 64-bit memories,
 custom page sizes, a memory that needs more than the limit at start, and bytes
-that are not a WebAssembly core module. Only the section header and the type
-section are read; nothing is validated, which is the compiler's job.
+that are not a WebAssembly core module. Only the section headers and the import
+and memory sections are parsed; validating the rest is the compiler's job.
 """
 
 from __future__ import annotations
@@ -94,8 +94,10 @@ class _Reader:
             raise MemoryCapError(f"truncated module: unexpected end at byte {self.end}")
         self.pos += count
 
-    def name(self) -> None:
-        self.skip(self.uleb())
+    def name(self) -> str:
+        size = self.uleb()
+        self.skip(size)
+        return self.data[self.pos - size : self.pos].decode("utf-8", "replace")
 
     def ref_type(self) -> None:
         if self.byte() in _REF_WITH_HEAP_TYPE:
@@ -126,10 +128,8 @@ def _uleb(value: int) -> bytes:
             return bytes(out)
 
 
-def _capped_limits(
-    reader: _Reader, cap: int, max_bytes: int, what: str
-) -> tuple[bytes, bool, int]:
-    """Read one memory type and return ``(new encoding, changed, min pages)``."""
+def _capped_limits(reader: _Reader, cap: int, max_bytes: int, what: str) -> tuple[bytes, bool]:
+    """Read one memory type; return its capped encoding and whether that differs."""
     start = reader.pos
     flags, minimum, maximum = reader.limits()
     if flags & _INDEX64:
@@ -145,9 +145,17 @@ def _capped_limits(
             f"the module needs {minimum * PAGE_SIZE} bytes of memory at start "
             f"({minimum} pages of 64 KiB), more than max_memory {max_bytes}"
         )
-    if maximum is not None and maximum <= cap:
-        return reader.data[start : reader.pos], False, minimum
-    return bytes([_HAS_MAX]) + _uleb(minimum) + _uleb(cap), True, minimum
+    if (maximum is not None and maximum <= cap) or (maximum is None and cap == _MAX_PAGES):
+        return reader.data[start : reader.pos], False
+    return bytes([_HAS_MAX]) + _uleb(minimum) + _uleb(cap), True
+
+
+def _check_one_memory(count: int) -> None:
+    if count > 1:
+        raise MemoryCapError(
+            f"the module has {count} memories (multi-memory); max_memory is a limit for an "
+            "instance with one memory"
+        )
 
 
 def _import_section(body: _Reader, cap: int, max_bytes: int) -> tuple[bytes, int]:
@@ -155,9 +163,8 @@ def _import_section(body: _Reader, cap: int, max_bytes: int) -> tuple[bytes, int
     out = bytearray()
     memories = 0
     copied = body.pos
-    for index in range(body.uleb()):
-        body.name()
-        body.name()
+    for _ in range(body.uleb()):
+        what = f"the memory imported as {body.name()!r}.{body.name()!r}"
         kind = body.byte()
         if kind == _FUNC:
             body.uleb()
@@ -166,8 +173,9 @@ def _import_section(body: _Reader, cap: int, max_bytes: int) -> tuple[bytes, int
             body.limits()
         elif kind == _MEMORY:
             memories += 1
+            _check_one_memory(memories)
             start = body.pos
-            limits, changed, _ = _capped_limits(body, cap, max_bytes, f"imported memory #{index}")
+            limits, changed = _capped_limits(body, cap, max_bytes, what)
             if changed:
                 out += body.data[copied:start] + limits
                 copied = body.pos
@@ -187,12 +195,12 @@ def _import_section(body: _Reader, cap: int, max_bytes: int) -> tuple[bytes, int
 
 def _memory_section(body: _Reader, cap: int, max_bytes: int, first: int) -> tuple[bytes, int]:
     """The section's new contents and how many memories it defines."""
-    out = bytearray(body.data[body.pos : body.pos])
+    count_start = body.pos
     count = body.uleb()
-    out += _uleb(count) if count else b""
-    out = bytearray(body.data[body.pos - len(_uleb(count)) : body.pos])
-    for index in range(count):
-        limits, _, _ = _capped_limits(body, cap, max_bytes, f"memory #{first + index}")
+    out = bytearray(body.data[count_start : body.pos])
+    _check_one_memory(first + count)
+    for _ in range(count):
+        limits, _ = _capped_limits(body, cap, max_bytes, "the module's memory")
         out += limits
     if body.pos != body.end:
         raise MemoryCapError(f"memory section has {body.end - body.pos} unexpected extra bytes")
@@ -237,11 +245,6 @@ def cap_memory(wasm: bytes, max_bytes: int) -> bytes:
         else:
             contents, found = _memory_section(body, cap, max_bytes, memories)
         memories += found
-        if memories > 1:
-            raise MemoryCapError(
-                f"the module has {memories} memories (multi-memory); max_memory limits an "
-                "instance with one memory"
-            )
         if contents == wasm[body_start : reader.pos]:
             out += wasm[start : reader.pos]
         else:

@@ -39,6 +39,10 @@ Measured facts the code below is built around (wasmer 1.1.0, Linux):
   are followed out of the directory. Volumes are refused (see
   :attr:`WasmerEngine.capabilities`); :class:`WasmerEngine` only maps
   directories when built with ``unconfined_volumes=True``, for experiments.
+- wasmer-python has no store limiter, but a memory never grows past the
+  maximum its type declares (``memory.grow`` returns -1). ``max_memory`` is
+  enforced by running a copy of the module whose memory declares the limit
+  (:func:`~wagi.engines.memory_cap.cap_memory`), compiled once per limit.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +67,13 @@ from .base import (
     Engine,
     EngineError,
     Invocation,
+    Limits,
     LoadedModule,
     RunResult,
     read_module,
 )
 from .cache import ArtifactCache, content_hash
+from .memory_cap import MemoryCapError, cap_memory
 
 __all__ = ["WasmerEngine", "WasmerModule", "available"]
 
@@ -212,12 +218,21 @@ def _ensure_std_fds() -> None:
                 os.close(null)
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    """A compiled module and the Store it lives in (never share a Store between modules)."""
+
+    store: Any
+    module: Any
+
+
 @dataclass
 class WasmerModule(LoadedModule):
     """A compiled module and the Store it lives in.
 
     Each module gets its own Store: compiling or deserializing many modules
-    into one long-lived Store leaks memory in wasmer 1.1.0.
+    into one long-lived Store leaks memory in wasmer 1.1.0. So does each
+    memory-capped variant.
     """
 
     path: Path
@@ -228,6 +243,10 @@ class WasmerModule(LoadedModule):
     wasi_version: Any
     params: dict[str, int]
     """Parameter count of each exported function."""
+    wasm: bytes = field(repr=False)
+    """The binary it was compiled from, the source of its memory-capped variants."""
+    capped: dict[int, _Compiled | str] = field(default_factory=dict, repr=False)
+    """By ``max_memory``: the variant that cannot grow past it, or why there is none."""
 
 
 class WasmerEngine(Engine):
@@ -243,8 +262,9 @@ class WasmerEngine(Engine):
         volumes=False,
         # wasmer-python's preopens have no read-only mode.
         read_only_volumes=False,
-        # No store limiter or tunables in the Python API.
-        memory_limit=False,
+        # No store limiter in the Python API: a copy of the module whose
+        # memory declares the limit as its maximum is run instead.
+        memory_limit=True,
         # A running guest holds the GIL in native code; only ending the
         # process stops it (the HTTP side's watchdog does that).
         interruptible=False,
@@ -284,11 +304,7 @@ class WasmerEngine(Engine):
         path = Path(path)
         wasm = read_module(path)
         digest = content_hash(wasm)
-        store = self._new_store()
-        module = self._from_cache(store, digest)
-        if module is None:
-            module = self._compile(path, store, wasm)
-            self._cache.put(self.name, self._cache_version, digest, bytes(module.serialize()))
+        store, module = self._compile_cached(path, wasm, digest)
         params = {
             export.name: len(export.type.params)
             for export in module.exports
@@ -305,7 +321,17 @@ class WasmerEngine(Engine):
             module=module,
             wasi_version=wasi_version,
             params=params,
+            wasm=wasm,
         )
+
+    def _compile_cached(self, path: Path, wasm: bytes, digest: str) -> tuple[Any, Any]:
+        """A new Store and ``wasm`` compiled into it, from the artifact cache when there."""
+        store = self._new_store()
+        module = self._from_cache(store, digest)
+        if module is None:
+            module = self._compile(path, store, wasm)
+            self._cache.put(self.name, self._cache_version, digest, bytes(module.serialize()))
+        return store, module
 
     def _compile(self, path: Path, store: Any, wasm: bytes) -> Any:
         try:
@@ -325,11 +351,50 @@ class WasmerEngine(Engine):
             self._cache.discard(self.name, self._cache_version, digest)
             return None
 
+    def _limited(self, module: WasmerModule, max_memory: int | None) -> _Compiled:
+        """What to instantiate for a run whose memory may not grow past ``max_memory``.
+
+        A variant is compiled (or fetched from the artifact cache, keyed by its
+        own bytes) the first time a limit is asked for, and kept. A module that
+        cannot be capped raises :class:`EngineError` every time it is asked.
+        """
+        if max_memory is None:
+            return _Compiled(module.store, module.module)
+        variant = module.capped.get(max_memory)
+        if variant is None:
+            variant = module.capped[max_memory] = self._cap(module, max_memory)
+        if isinstance(variant, str):
+            raise EngineError(variant)
+        return variant
+
+    def _cap(self, module: WasmerModule, max_memory: int) -> _Compiled | str:
+        try:
+            wasm = cap_memory(module.wasm, max_memory)
+        except MemoryCapError as exc:
+            return f"{module.path}: cannot limit its memory: {exc}"
+        if wasm == module.wasm:  # its declared maximum is already within the limit
+            return _Compiled(module.store, module.module)
+        return _Compiled(*self._compile_cached(module.path, wasm, content_hash(wasm)))
+
+    def prepare(self, module: LoadedModule, limits: Limits) -> None:
+        """Compile now what :meth:`run` will need under ``limits``.
+
+        Meant for start-up (the ``wagi check`` helper fills the artifact cache
+        with it); raises :class:`EngineError` if ``module`` cannot run under
+        ``limits`` at all, e.g. it needs more memory at start than ``max_memory``.
+        """
+        self._limited(self._own(module), limits.max_memory)
+
     # -- running -----------------------------------------------------------
 
-    def run(self, module: LoadedModule, invocation: Invocation) -> RunResult:
+    @staticmethod
+    def _own(module: LoadedModule) -> WasmerModule:
         if not isinstance(module, WasmerModule):
             raise EngineError(f"{module.path}: not loaded by the wasmer engine")
+        return module
+
+    def run(self, module: LoadedModule, invocation: Invocation) -> RunResult:
+        module = self._own(module)
         if self._poisoned:
             raise EngineError(self._poisoned)
         entry = invocation.entrypoint
@@ -337,8 +402,9 @@ class WasmerEngine(Engine):
             raise EngineError(f"{module.path}: no exported function {entry!r}")
         if module.params[entry]:
             raise EngineError(f"{module.path}: export {entry!r} takes parameters")
-        imports = self._wasi_imports(module, invocation)
         limits = invocation.limits
+        compiled = self._limited(module, limits.max_memory)
+        imports = self._wasi_imports(module, compiled.store, invocation)
 
         outcome: tuple[Ending, int, str] | None = None
         link_error = ""
@@ -352,7 +418,7 @@ class WasmerEngine(Engine):
             with self._stdio(stdin_fd, stdout_fd, stderr_fd):
                 instance = None
                 try:
-                    instance = self._wasmer.Instance(module.module, imports)
+                    instance = self._wasmer.Instance(compiled.module, imports)
                     if entry != "_start" and "_initialize" in module.params:
                         instance.exports._initialize()
                     getattr(instance.exports, entry)()
@@ -392,7 +458,7 @@ class WasmerEngine(Engine):
             for fd in (stdin_fd, stdout_fd, stderr_fd):
                 os.close(fd)
 
-    def _wasi_imports(self, module: WasmerModule, invocation: Invocation) -> Any:
+    def _wasi_imports(self, module: WasmerModule, store: Any, invocation: Invocation) -> Any:
         """A fresh WASI state: argv, exactly ``invocation.env``, and (if allowed) preopens."""
         wasi = self._wasmer.wasi
         argv = list(invocation.argv)
@@ -414,7 +480,7 @@ class WasmerEngine(Engine):
                 )
             builder.map_directory(preopen.guest_path, str(preopen.host_path))
         try:
-            return builder.finalize().generate_import_object(module.store, module.wasi_version)
+            return builder.finalize().generate_import_object(store, module.wasi_version)
         except Exception as exc:  # a NUL in argv/env, '=' in a name, a missing directory
             reason = _first_lines(str(exc))
             raise EngineError(f"{module.path}: invalid WASI state: {reason}") from exc

@@ -61,6 +61,7 @@ from .base import (
     Engine,
     EngineError,
     Invocation,
+    Limits,
     LoadedModule,
     RunResult,
     read_module,
@@ -491,6 +492,24 @@ class WasmtimeEngine(Engine):
         return instance.exports(caller)
 
     # -- running ---------------------------------------------------------------
+
+    def prepare(self, module: LoadedModule, limits: Limits) -> None:
+        """Refuse at start-up a module whose memory starts above ``limits.max_memory``.
+
+        Only memories the module imports or exports are visible here; WASI modules
+        export theirs. Any other one still fails at instantiation, per request.
+        """
+        if not isinstance(module, WasmtimeModule) or limits.max_memory is None:
+            return
+        types = [i.type for i in module.module.imports] + [e.type for e in module.module.exports]
+        for ty in types:
+            if isinstance(ty, wasmtime.MemoryType):
+                start = ty.limits.min * 65536
+                if start > limits.max_memory:
+                    raise EngineError(
+                        f"{module.path}: the module needs {start} bytes of memory at start, "
+                        f"more than max_memory {limits.max_memory}"
+                    )
 
     def run(self, module: LoadedModule, invocation: Invocation) -> RunResult:
         if not isinstance(module, WasmtimeModule) or module._owner is not self:
