@@ -341,7 +341,7 @@ def test_timeout_stops_an_infinite_loop_and_the_next_run_works(
     result = engine.run(looping, Invocation(limits=Limits(timeout=0.5)))
     elapsed = time.monotonic() - started
     assert result.ending is Ending.TIMED_OUT
-    assert 0.5 <= elapsed < 2.0
+    assert elapsed >= 0.5  # not before its deadline (no upper bound: that would be a timing test)
     # The engine is usable right away, with and without a timeout.
     quick = engine.load(hello(tmp_path))
     for _ in range(20):
@@ -397,7 +397,7 @@ def test_sleep_past_the_timeout_is_stopped_at_the_deadline(
     result = run(engine, path, limits=Limits(timeout=0.3))
     elapsed = time.monotonic() - started
     assert result.ending is Ending.TIMED_OUT
-    assert 0.3 <= elapsed < 1.5
+    assert 0.3 <= elapsed < 30  # stopped at the deadline, long before the 30 s sleep ends
     assert result.stdout == b""
 
 
