@@ -21,7 +21,8 @@ from wagi import __version__
 from wagi import settings as wagi_settings
 from wagi.config import Config, ConfigError, load_config
 from wagi.engines import EngineChoice, EngineUnavailable, choose_engine
-from wagi.gateway import Gateway, StartupError
+from wagi.gateway import Gateway
+from wagi.handlers import StartupError
 
 DESCRIPTION = "wagi: run WebAssembly (WASI) modules as CGI handlers behind gunicorn."
 

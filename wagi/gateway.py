@@ -1,9 +1,8 @@
 """The WSGI application: a request in, a module run, a response out.
 
-:meth:`Gateway.create` does all the work that can be done once per worker:
-choose and create the engine, compile every module, ask modules that export
-``_routes`` for their sub-routes, and build the routing table. Serving a
-request only looks things up::
+:meth:`Gateway.create` does what can be done once per worker: choose and
+create the engine, then build the routing table (:mod:`wagi.handlers`).
+Serving a request only looks things up::
 
     raw path -> routing table -> CGI request -> engine run -> CGI response -> WSGI response
 
@@ -14,11 +13,9 @@ answers 504 when a module overruns its timeout).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import socket
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -28,12 +25,13 @@ from werkzeug.wrappers import Request, Response
 
 from wagi.cgi_request import build_argv, cgi_variables, raw_path_and_query
 from wagi.cgi_response import BadCgiResponse, parse_cgi_response
-from wagi.config import Config, ConfigError, ModuleEntry, load_env_file
+from wagi.config import Config
 from wagi.engines import EngineChoice, choose_engine, create_engine
-from wagi.engines.base import Ending, Engine, EngineError, Invocation, Limits, Preopen, RunResult
+from wagi.engines.base import Ending, Engine, EngineError, Invocation, RunResult
+from wagi.handlers import Handler, build_routing_table, invocation_for
 from wagi.loader import ModuleLoader
 from wagi.module_log import ModuleLog
-from wagi.routing import Route, RoutingTable, join_subroute
+from wagi.routing import RoutingTable
 from wagi.settings import ServerSettings
 from wagi.watchdog import Watchdog
 
@@ -43,23 +41,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("wagi")
 
 HEALTH_PATH = "/healthz"
-ROUTES_EXPORT = "_routes"
-
-
-class StartupError(Exception):
-    """The server cannot start; the message says which file, route and key."""
-
-
-@dataclass(frozen=True)
-class Handler:
-    """What a route runs: a module's export, with everything fixed at start-up."""
-
-    entry: ModuleEntry
-    entrypoint: str
-    environment: Mapping[str, str]
-    """Global variables, then the module's own; the CGI variables go on top per request."""
-    preopens: tuple[Preopen, ...]
-    limits: Limits
 
 
 class CgiHttpResponse(Response):
@@ -92,115 +73,6 @@ def read_body(request: Request, limit: int) -> bytes:
     if chunked and len(body) == limit and request.environ["wsgi.input"].read(1):
         raise RequestEntityTooLarge()
     return body
-
-
-def global_environment(settings: ServerSettings) -> dict[str, str]:
-    """``--env-file`` first, then ``--env`` (which wins)."""
-    env: dict[str, str] = {}
-    if settings.env_file is not None:
-        env.update(load_env_file(settings.env_file))
-    env.update(settings.env)
-    return env
-
-
-def make_handler(
-    entry: ModuleEntry, entrypoint: str, global_env: Mapping[str, str], settings: ServerSettings
-) -> Handler:
-    return Handler(
-        entry=entry,
-        entrypoint=entrypoint,
-        environment={**global_env, **dict(entry.environment)},
-        preopens=tuple(Preopen(v.guest_path, v.host_path, v.read_only) for v in entry.volumes),
-        limits=Limits(
-            timeout=entry.timeout or settings.timeout,
-            max_memory=entry.max_memory or settings.max_memory,
-            max_output=settings.max_response,
-        ),
-    )
-
-
-def parse_routes_output(
-    entry: ModuleEntry, output: bytes, exports: Iterable[str]
-) -> list[tuple[str, str]]:
-    """``_routes`` prints ``<pattern> <export>`` lines; return (full route, export) pairs."""
-    where = f"{entry.module}: _routes of [[module]] #{entry.index} (route {entry.route!r})"
-    known = set(exports)
-    pairs = []
-    for number, raw in enumerate(output.decode("utf-8", "replace").splitlines(), start=1):
-        line = raw.strip()
-        if not line:
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            raise StartupError(f"{where}, line {number}: expected '<route> <export>', got {raw!r}")
-        pattern, export = parts
-        try:
-            route = join_subroute(entry.route, pattern)
-        except ValueError as exc:
-            raise StartupError(f"{where}, line {number}: {exc}") from None
-        if export not in known:
-            raise StartupError(
-                f"{where}, line {number}: the module has no exported function {export!r}"
-            )
-        pairs.append((route, export))
-    return pairs
-
-
-def build_routing_table(
-    config: Config, engine: Engine, loader: ModuleLoader, settings: ServerSettings
-) -> RoutingTable[Handler]:
-    """Compile every module and collect every route, including ``_routes`` sub-routes."""
-    try:
-        global_env = global_environment(settings)
-    except ConfigError as exc:
-        raise StartupError(str(exc)) from None
-    routes: list[Route[Handler]] = []
-    for entry in config.modules:
-        where = f"{config.path}: [[module]] #{entry.index} (route {entry.route!r})"
-        try:
-            module = loader.get(entry.module)
-        except (EngineError, OSError) as exc:
-            raise StartupError(
-                f"{where}, key 'module': cannot load {entry.module}: {exc}"
-            ) from None
-        if entry.entrypoint not in module.exports:
-            raise StartupError(
-                f"{where}, key 'entrypoint': the module exports no function "
-                f"{entry.entrypoint!r} (it exports: {', '.join(sorted(module.exports)) or 'none'})"
-            )
-        parent = make_handler(entry, entry.entrypoint, global_env, settings)
-        try:
-            engine.prepare(module, parent.limits)
-        except EngineError as exc:
-            raise StartupError(f"{where}, key 'max_memory': {exc}") from None
-        routes.append(Route(entry.route, parent, (entry.index, 0)))
-        if ROUTES_EXPORT not in module.exports:
-            continue
-        listing = dataclasses.replace(parent, entrypoint=ROUTES_EXPORT)
-        try:
-            result = engine.run(module, invocation_for(listing, [entry.route], {}, b""))
-        except EngineError as exc:
-            raise StartupError(f"{where}: running _routes failed: {exc}") from None
-        if not result.succeeded:
-            raise StartupError(f"{where}: _routes {result.ending.value}: {result.detail}")
-        pairs = parse_routes_output(entry, result.stdout, module.exports)
-        for number, (pattern, export) in enumerate(pairs, start=1):
-            handler = make_handler(entry, export, global_env, settings)
-            routes.append(Route(pattern, handler, (entry.index, number)))
-    return RoutingTable(routes)
-
-
-def invocation_for(
-    handler: Handler, argv: list[str], cgi_env: Mapping[str, str], stdin: bytes
-) -> Invocation:
-    return Invocation(
-        entrypoint=handler.entrypoint,
-        argv=argv,
-        env={**handler.environment, **cgi_env},
-        stdin=stdin,
-        preopens=handler.preopens,
-        limits=handler.limits,
-    )
 
 
 class Gateway:
