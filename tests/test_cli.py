@@ -374,3 +374,19 @@ def test_start_up_refuses_a_module_timeout_above_the_worker_timeout(tmp_path: Pa
     log = server.log()
     assert "a module may run for 200s but gunicorn's worker timeout is 120s" in log
     assert "Booting worker" not in log
+
+
+@pytest.mark.skipif("wasmer" not in ENGINES, reason="wasmer imports on the CPython 3.10 leg only")
+def test_wasmer_refuses_a_read_only_volume_and_gunicorn_will_not_start(tmp_path: Path) -> None:
+    (tmp_path / "ro").mkdir()
+    config = write_config(
+        tmp_path,
+        '[[module]]\nroute = "/ro"\nmodule = "{probe}"\n'
+        'volumes = {{ "/ro" = {{ path = "ro", read_only = true }} }}\n',
+    )
+    server = start_gunicorn(tmp_path, config, "wasmer", wait=False)
+    assert server.process.wait(timeout=60) != 0
+    log = server.log()
+    assert "engine 'wasmer' cannot honour this configuration" in log
+    assert "(route '/ro'), key 'volumes': wasmer does not confine a module" in log
+    assert "Booting worker" not in log
