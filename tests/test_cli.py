@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -390,3 +392,35 @@ def test_wasmer_refuses_a_read_only_volume_and_gunicorn_will_not_start(tmp_path:
     assert "engine 'wasmer' cannot honour this configuration" in log
     assert "(route '/ro'), key 'volumes': wasmer does not confine a module" in log
     assert "Booting worker" not in log
+
+
+def test_a_reload_with_a_broken_config_keeps_the_old_workers(tmp_path: Path) -> None:
+    config = write_config(tmp_path, '[[module]]\nroute = "/p"\nmodule = "{probe}"\n')
+    server = start_gunicorn(
+        tmp_path, config, "wasmtime", workers=1, gunicorn_args=("--graceful-timeout", "2")
+    )
+    try:
+        assert server.get("/p?hdr&print=before").text == "before\n"
+        config.write_text(config.read_text() + "colour = 1\n")
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while "reload refused" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "wagi: reload refused, the workers keep the previous configuration" in server.log()
+        assert "key 'colour': unknown key" in server.log()
+        for i in range(5):
+            assert server.get(f"/p?hdr&print=after-{i}").text == f"after-{i}\n"
+        # Once the file is fixed, a reload takes it.
+        config.write_text(
+            config.read_text().replace("colour = 1\n", "")
+            + f'[[module]]\nroute = "/q"\nmodule = "{PROBE}"\n'
+        )
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while server.get("/q?hdr&print=new").status_code != 200:
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.2)
+        assert server.get("/q?hdr&print=new").text == "new\n"
+        assert server.process.poll() is None
+    finally:
+        server.stop()

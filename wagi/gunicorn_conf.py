@@ -5,9 +5,10 @@ sized to the cores; gunicorn's own timeout is a backstop well above wagi's
 per-module timeout (which answers 504 itself).
 
 The hooks keep engines out of the master (SPEC section 1): ``on_starting``
-checks the configuration and compiles every module in a separate, freshly
-started process (``wagi check``), filling the shared artifact cache;
-``post_worker_init`` builds each worker's engine and routing table from it.
+(and ``on_reload``, for SIGHUP) checks the configuration and compiles every
+module in a separate, freshly started process (``wagi check``), filling the
+shared artifact cache; ``post_worker_init`` builds each worker's engine and
+routing table from it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,39 @@ control_socket_disable = True
 
 
 def on_starting(server: Any) -> None:
-    """Check and precompile in a helper process; refuse to start on any configuration error."""
+    """Refuse to start on any configuration error."""
+    problem = check_configuration(server)
+    if problem:
+        server.log.error("wagi cannot start: %s", problem)
+        sys.exit(1)
+
+
+def on_reload(server: Any) -> None:
+    """On SIGHUP, refuse a configuration that no longer checks: the old workers keep serving.
+
+    gunicorn would start new workers that fail to boot and then stop the whole
+    server; instead, the spawns of this one reload are skipped, so the workers
+    built from the last good configuration go on serving.
+    """
+    problem = check_configuration(server)
+    if not problem:
+        return
+    server.log.error(
+        "wagi: reload refused, the workers keep the previous configuration: %s", problem
+    )
+    remaining = server.cfg.workers
+
+    def skip_spawn() -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining <= 0:
+            del server.spawn_worker  # the arbiter's own method again
+
+    server.spawn_worker = skip_spawn
+
+
+def check_configuration(server: Any) -> str | None:
+    """Check and precompile in a fresh helper process (``wagi check``); the problem, if any."""
     result = subprocess.run(
         [sys.executable, "-m", "wagi", "check", "--quiet"],
         stdin=subprocess.DEVNULL,
@@ -44,14 +77,10 @@ def on_starting(server: Any) -> None:
         text=True,
     )
     if result.returncode != 0:
-        server.log.error("wagi cannot start:\n%s", (result.stderr or result.stdout).strip())
-        sys.exit(1)
+        return "\n" + (result.stderr or result.stdout).strip()
     for line in result.stdout.strip().splitlines():
         server.log.info("%s", line)
-    problem = timeout_problem(server.cfg.timeout)
-    if problem:
-        server.log.error("wagi cannot start: %s", problem)
-        sys.exit(1)
+    return timeout_problem(server.cfg.timeout)
 
 
 def timeout_problem(worker_timeout: float) -> str | None:
