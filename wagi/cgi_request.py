@@ -9,7 +9,6 @@ nothing can override.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from werkzeug.wrappers import Request
@@ -23,15 +22,6 @@ SERVER_SOFTWARE = f"WAGI/{wagi.__version__}"
 HIDDEN_HEADERS = frozenset(
     {"HTTP_AUTHORIZATION", "HTTP_CONNECTION", "HTTP_PROXY", "HTTP_PROXY_AUTHORIZATION"}
 )
-
-
-@dataclass(frozen=True)
-class CgiRequest:
-    """What a module receives for one request."""
-
-    argv: list[str]
-    env: dict[str, str]
-    stdin: bytes
 
 
 def raw_path_and_query(environ: Mapping[str, object]) -> tuple[str, str]:
@@ -135,10 +125,3 @@ def _wsgi_to_text(value: str) -> str:
         return value.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
         return value
-
-
-def compose_environment(
-    global_env: Mapping[str, str], module_env: Mapping[str, str], cgi_env: Mapping[str, str]
-) -> dict[str, str]:
-    """Later layers win: global, then the module's own, then the CGI variables."""
-    return {**global_env, **module_env, **cgi_env}
