@@ -38,6 +38,15 @@ def wagi(
     )
 
 
+def refused_start(tmp_path: Path, config: Path, engine: str) -> str:
+    """Start gunicorn on a configuration it must refuse; its log, once it has exited."""
+    server = start_gunicorn(tmp_path, config, engine, wait=False)
+    assert server.process.wait(timeout=60) != 0
+    log = server.log()
+    assert "Booting worker" not in log
+    return log
+
+
 @pytest.mark.parametrize("command", ["serve", "run", "check"])
 def test_help(command: str) -> None:
     result = wagi(command, "--help")
@@ -202,9 +211,7 @@ def test_serve_refuses_a_bad_config_before_starting(tmp_path: Path) -> None:
 def test_gunicorn_refuses_a_bad_module_at_start_up(tmp_path: Path) -> None:
     (tmp_path / "bad.wat").write_text('(module (func (export "_start") (unknown)))')
     config = write_config(tmp_path, '[[module]]\nroute = "/bad"\nmodule = "bad.wat"\n')
-    server = start_gunicorn(tmp_path, config, "wasmtime", wait=False)
-    assert server.process.wait(timeout=60) != 0
-    log = server.log()
+    log = refused_start(tmp_path, config, "wasmtime")
     assert "wagi cannot start" in log
     assert "(route '/bad'), key 'module': cannot load" in log
     assert "Booting worker" not in log
@@ -371,9 +378,7 @@ def test_run_stops_a_module_past_its_timeout(tmp_path: Path, engine: str) -> Non
 
 def test_start_up_refuses_a_module_timeout_above_the_worker_timeout(tmp_path: Path) -> None:
     config = write_config(tmp_path, '[[module]]\nroute = "/p"\nmodule = "{probe}"\ntimeout = 200\n')
-    server = start_gunicorn(tmp_path, config, "wasmtime", wait=False)
-    assert server.process.wait(timeout=60) != 0
-    log = server.log()
+    log = refused_start(tmp_path, config, "wasmtime")
     assert "a module may run for 200s but gunicorn's worker timeout is 120s" in log
     assert "Booting worker" not in log
 
@@ -386,9 +391,7 @@ def test_wasmer_refuses_a_read_only_volume_and_gunicorn_will_not_start(tmp_path:
         '[[module]]\nroute = "/ro"\nmodule = "{probe}"\n'
         'volumes = {{ "/ro" = {{ path = "ro", read_only = true }} }}\n',
     )
-    server = start_gunicorn(tmp_path, config, "wasmer", wait=False)
-    assert server.process.wait(timeout=60) != 0
-    log = server.log()
+    log = refused_start(tmp_path, config, "wasmer")
     assert "engine 'wasmer' cannot honour this configuration" in log
     assert "(route '/ro'), key 'volumes': wasmer does not confine a module" in log
     assert "Booting worker" not in log

@@ -592,13 +592,10 @@ def test_read_only_volume(engine: WasmtimeEngine, layout: dict[str, Path]) -> No
     assert (layout["volume"] / "inside.txt").read_bytes() == b"inside data"
 
 
-@pytest.mark.parametrize(
-    "target",
-    ["../outside/secret.txt", "sub/../../outside/secret.txt", "./../outside/secret.txt"],
-)
-def test_dotdot_does_not_escape(
+def assert_cannot_reach_secret(
     engine: WasmtimeEngine, layout: dict[str, Path], target: str
 ) -> None:
+    """Neither reading nor writing ``target`` from inside the volume touches the host secret."""
     read = fs_run(engine, layout, "read", target)
     assert read.ending is Ending.EXITED
     assert read.exit_code in DENIED
@@ -609,16 +606,18 @@ def test_dotdot_does_not_escape(
     assert layout["secret"].read_bytes() == b"host secret"
 
 
+@pytest.mark.parametrize(
+    "target",
+    ["../outside/secret.txt", "sub/../../outside/secret.txt", "./../outside/secret.txt"],
+)
+def test_dotdot_does_not_escape(
+    engine: WasmtimeEngine, layout: dict[str, Path], target: str
+) -> None:
+    assert_cannot_reach_secret(engine, layout, target)
+
+
 def test_absolute_path_does_not_escape(engine: WasmtimeEngine, layout: dict[str, Path]) -> None:
-    secret = str(layout["secret"])
-    read = fs_run(engine, layout, "read", secret)
-    assert read.ending is Ending.EXITED
-    assert read.exit_code in DENIED
-    assert b"secret" not in read.stdout
-    write = fs_run(engine, layout, "write", secret)
-    assert write.ending is Ending.EXITED
-    assert write.exit_code in DENIED
-    assert layout["secret"].read_bytes() == b"host secret"
+    assert_cannot_reach_secret(engine, layout, str(layout["secret"]))
 
 
 @pytest.mark.parametrize("link", ["abs_link", "rel_link", "dir_link/secret.txt"])
