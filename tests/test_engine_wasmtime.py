@@ -14,9 +14,17 @@ from pathlib import Path
 import pytest
 
 from wagi.engines import wasmtime_engine
-from wagi.engines.base import Ending, EngineError, Invocation, Limits, Preopen, RunResult
+from wagi.engines.base import (
+    STDERR_LIMIT,
+    Ending,
+    EngineError,
+    Invocation,
+    Limits,
+    Preopen,
+    RunResult,
+)
 from wagi.engines.cache import ArtifactCache
-from wagi.engines.wasmtime_engine import STDERR_CAP, WasmtimeEngine
+from wagi.engines.wasmtime_engine import WasmtimeEngine
 
 IMPORTS = """
   (import "wasi_snapshot_preview1" "fd_write"
@@ -482,8 +490,8 @@ def test_stderr_is_capped(engine: WasmtimeEngine, tmp_path: Path) -> None:
     result = run(engine, make_module(tmp_path, body, data={1024: b"ok"}, pages=40))
     assert result.ending is Ending.RETURNED
     assert result.stdout == b"ok"
-    assert result.stderr.startswith(b"\0" * STDERR_CAP)
-    assert b"1048576 more bytes of stderr dropped" in result.stderr[STDERR_CAP:]
+    assert result.stderr.startswith(b"\0" * STDERR_LIMIT)
+    assert b"1048576 more bytes of stderr dropped" in result.stderr[STDERR_LIMIT:]
 
 
 # -- volumes -------------------------------------------------------------------

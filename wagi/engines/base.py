@@ -22,6 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+STDERR_LIMIT = 1 << 20
+"""Bytes of a run's stderr kept for the log, on every engine: a hostile module must not
+fill the worker's memory through stderr. The rest is dropped, with a note saying so."""
+
 
 class EngineError(Exception):
     """A module could not be compiled, loaded or instantiated."""

@@ -62,6 +62,7 @@ from typing import Any
 import wasmtime
 
 from .base import (
+    STDERR_LIMIT,
     Capabilities,
     Ending,
     Engine,
@@ -85,9 +86,6 @@ _LINK_ERROR_PREFIX = "Error while importing "
 
 _DETAIL_MAX = 2000
 """Characters of a trap message kept for the log (a stack overflow message is ~33 MB)."""
-
-_STDERR_MAX = 1 << 20
-"""Bytes of the guest's stderr kept for the log."""
 
 _SEAL_SLACK = 4 << 20
 """Room past a byte limit before writes start failing.
@@ -410,7 +408,7 @@ class WasmerEngine(Engine):
         link_error = ""
         stdin_fd = _memfd("stdin", None)
         stdout_fd = _memfd("stdout", limits.max_output)
-        stderr_fd = _memfd("stderr", _STDERR_MAX)
+        stderr_fd = _memfd("stderr", STDERR_LIMIT)
         try:
             _write_all(stdin_fd, invocation.stdin)
             os.lseek(stdin_fd, 0, os.SEEK_SET)
@@ -503,9 +501,9 @@ class WasmerEngine(Engine):
     @staticmethod
     def _stderr(fd: int) -> bytes:
         written = os.lseek(fd, 0, os.SEEK_CUR)
-        data = _read_prefix(fd, min(written, _STDERR_MAX))
-        if written > _STDERR_MAX:
-            data += b"\n[wagi: stderr truncated at %d bytes]\n" % _STDERR_MAX
+        data = _read_prefix(fd, min(written, STDERR_LIMIT))
+        if written > STDERR_LIMIT:
+            data += b"\n[wagi: stderr truncated at %d bytes]\n" % STDERR_LIMIT
         return data
 
     @contextmanager

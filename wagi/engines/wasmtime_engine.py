@@ -56,6 +56,7 @@ from typing import Any
 import wasmtime
 
 from .base import (
+    STDERR_LIMIT,
     Capabilities,
     Ending,
     Engine,
@@ -79,10 +80,6 @@ _EINTR = 27
 _EINVAL = 28
 
 _U32 = 0xFFFFFFFF
-
-STDERR_CAP = 1 << 20
-"""Bytes of stderr kept per run. A hostile module must not fill the worker's memory
-through stderr; anything beyond this is dropped and the drop noted once."""
 
 _DEFAULT_TICK = 0.01
 """Seconds between epoch ticks while a timed run is active. A timeout fires between
@@ -242,7 +239,7 @@ def _make_host_functions(local: threading.local) -> tuple[Any, Any]:
         else:
             err = ctx.stderr
             for ptr, length in pairs:
-                keep = min(length, STDERR_CAP - len(err))
+                keep = min(length, STDERR_LIMIT - len(err))
                 if keep > 0:
                     err += ctypes.string_at(base + ptr, keep)
                 ctx.stderr_dropped += length - max(keep, 0)
