@@ -427,3 +427,19 @@ def test_a_reload_with_a_broken_config_keeps_the_old_workers(tmp_path: Path) -> 
         assert server.process.poll() is None
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_module_importing_what_nobody_provides_stops_start_up(
+    tmp_path: Path, engine: str
+) -> None:
+    (tmp_path / "http.wat").write_text(
+        '(module (import "wasi_experimental_http" "req" (func (param i32)))'
+        ' (func (export "_start")))'
+    )
+    config = write_config(tmp_path, '[[module]]\nroute = "/h"\nmodule = "http.wat"\n')
+    result = wagi("check", "--config", str(config), "--engine", engine)
+    assert result.returncode == 2
+    err = result.stderr.decode()
+    assert "(route '/h'): " in err and "cannot be instantiated" in err
+    assert "wasi_experimental_http" in err

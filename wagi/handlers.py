@@ -116,7 +116,7 @@ def build_routing_table(
         try:
             engine.prepare(module, parent.limits)
         except EngineError as exc:
-            raise StartupError(f"{where}, key 'max_memory': {exc}") from None
+            raise StartupError(f"{where}: {exc}") from None
         routes.append(Route(entry.route, parent, (entry.index, 0)))
         if ROUTES_EXPORT not in module.exports:
             continue

@@ -81,6 +81,9 @@ __all__ = ["WasmerEngine", "WasmerModule", "available"]
 _EXIT_MESSAGE = re.compile(r"RuntimeError: WASI exited with code: ([0-9]{1,10})")
 """The whole message of a ``proc_exit``; matched in full, so a trap can never pass for one."""
 
+_WASI_NAMESPACES = frozenset({"wasi_snapshot_preview1", "wasi_unstable"})
+"""The only import namespaces a module can link against here."""
+
 _LINK_ERROR_PREFIX = "Error while importing "
 """How wasmer words a missing or mistyped import at instantiation."""
 
@@ -381,7 +384,15 @@ class WasmerEngine(Engine):
         with it); raises :class:`EngineError` if ``module`` cannot run under
         ``limits`` at all, e.g. it needs more memory at start than ``max_memory``.
         """
-        self._limited(self._own(module), limits.max_memory)
+        own = self._own(module)
+        for item in own.module.imports:
+            if item.module not in _WASI_NAMESPACES:
+                raise EngineError(
+                    f"{module.path}: cannot be instantiated: it imports "
+                    f"{item.module}::{item.name}, and wagi provides only WASI "
+                    f"({', '.join(sorted(_WASI_NAMESPACES))})"
+                )
+        self._limited(own, limits.max_memory)
 
     # -- running -----------------------------------------------------------
 

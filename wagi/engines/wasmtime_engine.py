@@ -491,12 +491,17 @@ class WasmtimeEngine(Engine):
     # -- running ---------------------------------------------------------------
 
     def prepare(self, module: LoadedModule, limits: Limits) -> None:
-        """Refuse at start-up a module whose memory starts above ``limits.max_memory``.
+        """Refuse at start-up a module that could never run: an import nothing provides, or
+        memory that starts above ``limits.max_memory``.
 
         Only memories the module imports or exports are visible here; WASI modules
         export theirs. Any other one still fails at instantiation, per request.
         """
-        if not isinstance(module, WasmtimeModule) or limits.max_memory is None:
+        if not isinstance(module, WasmtimeModule):
+            return
+        if module._link_error:
+            raise EngineError(f"{module.path}: cannot be instantiated: {module._link_error}")
+        if limits.max_memory is None:
             return
         types = [i.type for i in module.module.imports] + [e.type for e in module.module.exports]
         for ty in types:
