@@ -66,6 +66,22 @@ def wat(body: str, data: str = "") -> str:
     return f"(module {IMPORTS} {data} {HELPERS} {body})"
 
 
+def flood_wat(fd: int, extra_funcs: str = "", extra_data: str = "") -> str:
+    """A module writing 100 x 64 KiB to ``fd``, then ``STALE``: more than any capture holds."""
+    return wat(
+        f"""
+  (func (export "_start") (local $i i32)
+    (loop $more
+      (call $write (i32.const {fd}) (i32.const 65536) (i32.const 65536))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $more (i32.lt_u (local.get $i) (i32.const 100))))
+    (call $write (i32.const {fd}) (i32.const 1024) (i32.const 5)))
+  {extra_funcs}
+""",
+        '(data (i32.const 1024) "STALE") ' + extra_data,
+    )
+
+
 HELLO = wat(
     """(func (export "_start") (call $write (i32.const 1) (i32.const 1024) (i32.const 13)))""",
     '(data (i32.const 1024) "hello, world\\n")',
@@ -234,17 +250,7 @@ def test_stale_stdout_after_failed_write_does_not_leak(
     final small write is the one refused.
     """
     limit = 65536
-    flood = wat(
-        """
-  (func (export "_start") (local $i i32)
-    (loop $more
-      (call $write (i32.const 1) (i32.const 65536) (i32.const 65536))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br_if $more (i32.lt_u (local.get $i) (i32.const 100))))
-    (call $write (i32.const 1) (i32.const 1024) (i32.const 5)))
-""",
-        '(data (i32.const 1024) "STALE")',
-    )
+    flood = flood_wat(1)
     assert (limit + _SEAL_SLACK) % 65536 == 0 and (limit + _SEAL_SLACK) // 65536 < 100
     result = engine.run(load(flood), Invocation(limits=Limits(max_output=limit)))
     assert result.ending is Ending.OUTPUT_TOO_LARGE
@@ -257,17 +263,10 @@ def test_stderr_is_capped_and_does_not_leak(
     engine: WasmerEngine, load: Callable[[str], WasmerModule]
 ) -> None:
     """stderr (for the log) keeps 1 MiB; writes past the sealed capture fail and are not kept."""
-    flood = wat(
-        """
-  (func (export "_start") (local $i i32)
-    (loop $more
-      (call $write (i32.const 2) (i32.const 65536) (i32.const 65536))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br_if $more (i32.lt_u (local.get $i) (i32.const 100))))
-    (call $write (i32.const 2) (i32.const 1024) (i32.const 5)))
-  (func (export "small") (call $write (i32.const 2) (i32.const 1040) (i32.const 3)))
-""",
-        '(data (i32.const 1024) "STALE") (data (i32.const 1040) "ok\\n")',
+    flood = flood_wat(
+        2,
+        '(func (export "small") (call $write (i32.const 2) (i32.const 1040) (i32.const 3)))',
+        '(data (i32.const 1040) "ok\\n")',
     )
     module = load(flood)
     result = engine.run(module, Invocation())
