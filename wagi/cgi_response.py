@@ -7,10 +7,20 @@ section 6)::
     >>> r.status, r.reason, r.headers, r.body
     (404, 'Gone', [('Content-Type', 'text/plain')], b'bye')
 
+For streaming, :func:`split_head` finds the end of the header block in the
+first bytes a module writes, and :func:`parse_head` turns it into a status and
+headers before the body is complete::
+
+    >>> split_head(b"Content-Type: text/plain\n\nfirst line")
+    (b'Content-Type: text/plain\n', b'first line')
+    >>> split_head(b"Content-Type: text/plain\n") is None
+    True
+
 The rules (SPEC section 5): headers end at the first empty line, LF or CRLF;
 carriage returns inside the header block are ignored; the body is passed
 through byte for byte. ``Status: NNN [reason]`` sets the status and always wins;
-``Location`` without ``Status`` means 302. A response needs ``Content-Type``,
+``Location`` without ``Status`` means 302. Only a final status (200-599)
+may be sent: an informational ``1xx`` makes the response invalid. A response needs ``Content-Type``,
 ``Location`` or ``Status``. Hop-by-hop headers are dropped, and so is any
 ``Content-Length`` (the server measures the body itself).
 """
@@ -21,7 +31,7 @@ import re
 from dataclasses import dataclass
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_STATUS = re.compile(r"([1-5][0-9][0-9])(?:[ \t]+(.*))?")
+_STATUS = re.compile(r"([2-5][0-9][0-9])(?:[ \t]+(.*))?")
 _FORBIDDEN_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 DROPPED_HEADERS = frozenset(
@@ -46,30 +56,47 @@ class BadCgiResponse(ValueError):
 
 
 @dataclass(frozen=True)
-class CgiResponse:
+class CgiHead:
+    """The status and headers of a CGI response, known before its body is complete."""
+
     status: int
     reason: str | None
     headers: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class CgiResponse(CgiHead):
     body: bytes
 
 
-def _split_header_block(output: bytes) -> tuple[list[bytes], bytes]:
-    lines: list[bytes] = []
-    start = 0
-    while True:
-        end = output.find(b"\n", start)
-        if end < 0:
-            raise BadCgiResponse("no empty line ends the header block")
-        line = output[start:end].replace(b"\r", b"")
-        start = end + 1
-        if not line:
-            return lines, output[start:]
-        lines.append(line)
+_HEADER_END = re.compile(rb"\n\r*\n")
+"""The empty line that ends the header block: LF, then any CRs (ignored), then LF."""
+
+
+def split_head(output: bytes | bytearray) -> tuple[bytes, bytes] | None:
+    """``(header block, body so far)`` once the empty line has arrived, else ``None``."""
+    if output.startswith((b"\n", b"\r\n")):  # no headers at all, just the empty line
+        first = output.index(b"\n")
+        if not output[:first].strip(b"\r"):
+            return b"", bytes(output[first + 1 :])
+    match = _HEADER_END.search(output)
+    if match is None:
+        return None
+    return bytes(output[: match.start() + 1]), bytes(output[match.end() :])
 
 
 def parse_cgi_response(output: bytes) -> CgiResponse:
-    """Parse a module's stdout; raise :class:`BadCgiResponse` if it is not a CGI response."""
-    lines, body = _split_header_block(output)
+    """Parse a module's whole stdout; raise :class:`BadCgiResponse` if it is not CGI."""
+    parts = split_head(output)
+    if parts is None:
+        raise BadCgiResponse("no empty line ends the header block")
+    head = parse_head(parts[0])
+    return CgiResponse(head.status, head.reason, head.headers, parts[1])
+
+
+def parse_head(block: bytes) -> CgiHead:
+    """Parse a header block (from :func:`split_head`); raise :class:`BadCgiResponse`."""
+    lines = [line for line in block.replace(b"\r", b"").split(b"\n") if line]
     headers: list[tuple[str, str]] = []
     status: int | None = None
     reason: str | None = None
@@ -107,4 +134,4 @@ def parse_cgi_response(output: bytes) -> CgiResponse:
             status = 200
         else:
             raise BadCgiResponse("the response has none of Content-Type, Location or Status")
-    return CgiResponse(status=status, reason=reason, headers=headers, body=body)
+    return CgiHead(status=status, reason=reason, headers=headers)

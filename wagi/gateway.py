@@ -6,16 +6,28 @@ Serving a request only looks things up::
 
     raw path -> routing table -> CGI request -> engine run -> CGI response -> WSGI response
 
-Nothing here knows which engine runs; the only engine fact it uses is whether
-a running module can be interrupted (if not, a :class:`~wagi.watchdog.Watchdog`
-answers 504 when a module overruns its timeout).
+Nothing here knows which engine runs; it uses two engine facts. An engine that
+can *stream* runs modules on runner threads (:mod:`wagi.runner`) and writes
+stdout into a pipe: once the header block is complete the body goes to the
+client as the module writes it (small responses, complete within a few
+milliseconds, are still sent whole with a Content-Length). An engine that
+cannot stream runs the module here and the response is sent when it ends. An
+engine that cannot be *interrupted* gets a :class:`~wagi.watchdog.Watchdog`
+that answers 504 when a module overruns its timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
+import functools
 import logging
+import os
+import select
 import socket
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +36,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Request, Response
 
 from wagi.cgi_request import build_argv, cgi_variables, raw_path_and_query
-from wagi.cgi_response import BadCgiResponse, parse_cgi_response
+from wagi.cgi_response import BadCgiResponse, parse_cgi_response, parse_head, split_head
 from wagi.config import Config
 from wagi.engines import EngineChoice, choose_engine, create_engine
 from wagi.engines.base import Ending, Engine, EngineError, Invocation, RunResult
@@ -32,15 +44,39 @@ from wagi.handlers import Handler, build_routing_table, invocation_for
 from wagi.loader import ModuleLoader
 from wagi.module_log import ModuleLog
 from wagi.routing import RoutingTable
+from wagi.runner import Job, RunnerPool
 from wagi.settings import ServerSettings
 from wagi.watchdog import Watchdog
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    WsgiResponse = WSGIApplication
+    """What :meth:`Gateway.respond` returns: a werkzeug Response or a streamed body."""
 
 logger = logging.getLogger("wagi")
 
 HEALTH_PATH = "/healthz"
+
+STREAM_GRACE = 0.005
+"""Seconds to wait, once the header block is complete, for the module to end: a
+response complete by then is sent whole, with a Content-Length."""
+
+BUFFER_LIMIT = 256 * 1024
+"""Body bytes held before streaming starts anyway."""
+
+HEAD_LIMIT = 64 * 1024
+"""A header block longer than this is not a valid CGI response."""
+
+PIPE_SIZE = 1024 * 1024
+"""Kernel buffer between a streaming module and the client (fewer wake-ups)."""
+
+_CHUNK = 256 * 1024
+
+
+class ResponseCut(Exception):
+    """Raised from a streamed body when the module failed after bytes were sent: gunicorn
+    then closes the connection, so the client sees a truncated body, never a clean end."""
 
 
 class CgiHttpResponse(Response):
@@ -92,6 +128,7 @@ class Gateway:
         self.table = table
         self.module_log = module_log
         self.watchdog: Watchdog | None = None
+        self.pools: dict[int, RunnerPool] = {}
         self.wsgi_app: Any = self.app
         if settings.trusted_proxy_hops:
             hops = settings.trusted_proxy_hops
@@ -130,10 +167,13 @@ class Gateway:
         response = self.respond(request)
         return response(environ, start_response)
 
-    def respond(self, request: Request) -> Response:
+    def respond(self, request: Request) -> WsgiResponse:
         raw_path, query = raw_path_and_query(request.environ)
         if raw_path == HEALTH_PATH and request.method in ("GET", "HEAD"):
             return Response("OK", content_type="text/plain; charset=utf-8")
+        if "%00" in raw_path or "\0" in raw_path:
+            # PATH_INFO would hold a NUL, which no C string (argv, environment) can carry.
+            return error_response(400, "the path holds a NUL byte (%00)")
         match = self.table.match(raw_path)
         if match is None:
             return error_response(404)
@@ -162,13 +202,86 @@ class Gateway:
             logger.error("[%s] cannot load %s: %s", route, handler.entry.module, exc)
             return error_response(500, "the module could not be loaded")
         invocation = invocation_for(handler, argv, cgi_env, body)
+        if self.engine.capabilities.streaming:
+            return self.stream(request, handler, module, invocation, route)
         try:
             result = self.run(module, invocation, request.environ.get("gunicorn.socket"), route)
         except EngineError as exc:
             logger.error("[%s] cannot run %s: %s", route, handler.entry.module, exc)
             return error_response(500, "the module could not be started")
         self.module_log.write(route, result.stderr)
-        return self.to_response(route, result)
+        return self.to_response(route, result, result.stdout, handler.limits.timeout)
+
+    # -- streaming engines ----------------------------------------------------------
+
+    def pool_for(self, handler: Handler) -> RunnerPool:
+        """The runner threads of ``handler``'s ``[[module]]`` (its sub-routes share them)."""
+        pool = self.pools.get(handler.entry.index)
+        if pool is None:
+            pool = RunnerPool(f"wagi-run {handler.entry.route}")
+            self.pools[handler.entry.index] = pool
+        return pool
+
+    def stream(
+        self, request: Request, handler: Handler, module: Any, invocation: Invocation, route: str
+    ) -> WsgiResponse:
+        """Run on a runner thread; send the body as the module writes it."""
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(OSError):  # a smaller pipe only means more wake-ups
+                fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            os.set_blocking(write_fd, False)  # the engine waits for room up to the deadline
+            run = functools.partial(
+                self.engine.run, module, dataclasses.replace(invocation, stdout_fd=write_fd)
+            )
+            job = self.pool_for(handler).submit(run, close_fd=write_fd)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        output = _PipeReader(read_fd, job)
+        timeout = handler.limits.timeout
+        try:
+            stdout, complete = output.read_head()
+            if complete:
+                output.close()
+                result = job.result()
+                self.module_log.write(route, result.stderr)
+                return self.to_response(route, result, bytes(stdout), timeout)
+            parts = split_head(stdout)
+            try:
+                if parts is None:
+                    raise BadCgiResponse(f"no header block within the first {HEAD_LIMIT} bytes")
+                cgi = parse_head(parts[0])
+            except BadCgiResponse as exc:
+                output.abandon()
+                self.module_log.write(route, job.result().stderr)
+                logger.error("[%s] invalid CGI response: %s", route, exc)
+                return error_response(500, "the module's response was not valid CGI")
+        except EngineError as exc:
+            output.abandon()
+            logger.error("[%s] cannot run %s: %s", route, handler.entry.module, exc)
+            return error_response(500, "the module could not be started")
+        except BaseException:
+            output.abandon()
+            raise
+        return _StreamedResponse(
+            self,
+            route,
+            output,
+            parts[1],
+            status_line(cgi.status, cgi.reason),
+            cgi.headers,
+            timeout,
+        )
+
+    def finish_stream(self, route: str, job: Job[RunResult], sent: int) -> None:
+        """After a streamed body: log how the module ended; cut the response if it failed."""
+        result = job.result()
+        self.module_log.write(route, result.stderr)
+        if result.succeeded:
+            return
+        self.log_ending(route, result)
+        raise ResponseCut(f"[{route}] {result.ending.value} after {sent} body bytes were sent")
 
     def run(self, module: Any, invocation: Invocation, client: Any, route: str) -> RunResult:
         watchdog = self.watchdog
@@ -181,24 +294,144 @@ class Gateway:
         finally:
             watchdog.disarm()
 
-    def to_response(self, route: str, result: RunResult) -> Response:
-        if result.ending is Ending.TIMED_OUT:
-            logger.error("[%s] timed out after %ss", route, result.detail or "its timeout")
-            return error_response(504, "the module timed out")
-        if result.ending is Ending.OUTPUT_TOO_LARGE:
-            logger.error("[%s] wrote more than %d bytes", route, self.settings.max_response)
-            return error_response(500, "the module's response was too large")
-        if result.ending is Ending.EXITED:
+    def log_ending(self, route: str, result: RunResult, timeout: float | None = None) -> None:
+        """One clear line for a run that did not succeed: route, what happened, the limit."""
+        ending = result.ending
+        detail = f" ({result.detail})" if result.detail else ""
+        if ending is Ending.TIMED_OUT:
+            limit = f"its {timeout:g} s timeout" if timeout is not None else "its timeout"
+            logger.error("[%s] timed out: the module was stopped at %s%s", route, limit, detail)
+        elif ending is Ending.OUTPUT_TOO_LARGE:
+            logger.error(
+                "[%s] the module wrote more than the %d byte response limit (--max-response)%s",
+                route,
+                self.settings.max_response,
+                detail,
+            )
+        elif ending is Ending.EXITED:
             logger.error("[%s] exited with code %d", route, result.exit_code)
-            return error_response(500, "the module failed")
-        if result.ending is Ending.TRAPPED:
+        elif ending is Ending.CANCELLED:
+            logger.info("[%s] the client went away; the module was stopped%s", route, detail)
+        else:
             logger.error("[%s] trapped: %s", route, result.detail)
+
+    def to_response(
+        self, route: str, result: RunResult, stdout: bytes, timeout: float | None = None
+    ) -> Response:
+        ending = result.ending
+        if ending is not Ending.RETURNED:
+            self.log_ending(route, result, timeout)
+            if ending is Ending.TIMED_OUT:
+                return error_response(504, "the module timed out")
+            if ending is Ending.OUTPUT_TOO_LARGE:
+                return error_response(500, "the module's response was too large")
             return error_response(500, "the module failed")
         try:
-            cgi = parse_cgi_response(result.stdout)
+            cgi = parse_cgi_response(stdout)
         except BadCgiResponse as exc:
             logger.error("[%s] invalid CGI response: %s", route, exc)
             return error_response(500, "the module's response was not valid CGI")
         return CgiHttpResponse(
             cgi.body, status=status_line(cgi.status, cgi.reason), headers=cgi.headers
         )
+
+
+class _PipeReader:
+    """A streaming module's stdout, read on the serving thread."""
+
+    def __init__(self, fd: int, job: Job[RunResult]) -> None:
+        self.fd = fd
+        self.job = job
+        self.closed = False
+
+    def read(self) -> bytes:
+        return os.read(self.fd, _CHUNK)
+
+    def read_head(self) -> tuple[bytearray, bool]:
+        """Read until the header block is complete, then briefly for the module's end.
+
+        Returns ``(output so far, complete)``; ``complete`` means the module has
+        ended (EOF) and the output is all of it. The output holds a whole header
+        block unless the module ended without one or it grew past :data:`HEAD_LIMIT`.
+        """
+        output = bytearray()
+        while split_head(output) is None:
+            if len(output) > HEAD_LIMIT:
+                return output, False
+            chunk = self.read()
+            if not chunk:
+                return output, True
+            output += chunk
+        give_up = time.monotonic() + STREAM_GRACE
+        while len(output) < BUFFER_LIMIT:
+            wait = give_up - time.monotonic()
+            if wait <= 0 or not select.select([self.fd], [], [], wait)[0]:
+                return output, False
+            chunk = self.read()
+            if not chunk:
+                return output, True
+            output += chunk
+        return output, False
+
+    def abandon(self) -> None:
+        """Stop reading: the module's next write fails (EPIPE) and its run ends."""
+        self.close()
+        with contextlib.suppress(BaseException):  # reported by whoever waits for it
+            self.job.result()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
+
+
+class _StreamedResponse:
+    """The WSGI body of a streamed response: status and headers first, then chunks."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        route: str,
+        output: _PipeReader,
+        body: bytes,
+        status: str,
+        headers: list[tuple[str, str]],
+        timeout: float | None,
+    ) -> None:
+        self.gateway = gateway
+        self.route = route
+        self.output = output
+        self.first = body
+        self.status = status
+        self.headers = headers
+        self.timeout = timeout
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        return self.chunks(environ, start_response)
+
+    def chunks(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
+        """The status goes out with the first body byte: a module that fails before
+        writing one still gets a clean error response (a 504 for a timeout)."""
+        output = self.output
+        try:
+            first = self.first or output.read()
+            if not first:  # the module ended after its header block, with no body
+                output.close()
+                result = output.job.result()
+                self.gateway.module_log.write(self.route, result.stderr)
+                if not result.succeeded:
+                    error = self.gateway.to_response(self.route, result, b"", self.timeout)
+                    yield from error(environ, start_response)
+                    return
+                start_response(self.status, self.headers)
+                return
+            start_response(self.status, self.headers)
+            sent = len(first)
+            yield first
+            while chunk := output.read():
+                sent += len(chunk)
+                yield chunk
+            output.close()
+            self.gateway.finish_stream(self.route, output.job, sent)
+        finally:
+            output.abandon()

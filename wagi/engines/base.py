@@ -62,6 +62,10 @@ class Invocation:
     stdin: bytes = b""
     preopens: Sequence[Preopen] = ()
     limits: Limits = Limits()
+    stdout_fd: int | None = None
+    """Where stdout goes as the module writes it (a pipe the caller reads, blocking
+    writes); ``None`` keeps it in :attr:`RunResult.stdout`. An engine without
+    :attr:`Capabilities.streaming` writes everything here when the run ends."""
 
 
 class Ending(enum.Enum):
@@ -77,6 +81,8 @@ class Ending(enum.Enum):
     """The run passed ``Limits.timeout`` and was interrupted."""
     OUTPUT_TOO_LARGE = "output too large"
     """The module wrote more than ``Limits.max_output`` bytes to stdout."""
+    CANCELLED = "cancelled"
+    """Its stdout could no longer be delivered (``stdout_fd`` closed by the reader)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,8 @@ class RunResult:
     exit_code: int = 0
     detail: str = ""
     """Engine-specific description (a trap message), for the log only."""
+    stdout_bytes: int = 0
+    """Bytes the module wrote to stdout, wherever they went."""
 
     @property
     def succeeded(self) -> bool:
@@ -105,6 +113,10 @@ class Capabilities:
     memory_limit: bool
     interruptible: bool
     """A running module can be stopped at its timeout without ending the process."""
+    streaming: bool = False
+    """stdout reaches ``Invocation.stdout_fd`` while the module runs (not only at its end)."""
+    thread_safe: bool = False
+    """One engine may run modules on several threads at once (gunicorn's threaded workers)."""
 
 
 class LoadedModule(abc.ABC):
