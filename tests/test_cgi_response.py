@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wagi.cgi_response import BadCgiResponse, parse_cgi_response
+from wagi.cgi_response import BadCgiResponse, parse_cgi_response, split_head
 
 
 def test_lf_header_block() -> None:
@@ -85,6 +85,10 @@ def test_value_bytes_survive_as_latin1() -> None:
         (b" folded: x\n\n", "invalid header line"),
         (b"Status: 99\n\n", "invalid Status"),
         (b"Status: 600 Nope\n\n", "invalid Status"),
+        # Informational statuses are not final: gunicorn would send them and drop the body.
+        (b"Status: 100 Continue\nContent-Type: t/p\n\nbody", "invalid Status"),
+        (b"Status: 101 Switching Protocols\n\n", "invalid Status"),
+        (b"Status: 199\n\n", "invalid Status"),
         (b"Status: abc\n\n", "invalid Status"),
         (b"Status: 200\nStatus: 404\n\n", "more than one Status"),
         (b"X-A: a\x00b\nContent-Type: t/p\n\n", "control character"),
@@ -93,3 +97,25 @@ def test_value_bytes_survive_as_latin1() -> None:
 def test_invalid_responses(output: bytes, why: str) -> None:
     with pytest.raises(BadCgiResponse, match=why):
         parse_cgi_response(output)
+
+
+@pytest.mark.parametrize(
+    ("output", "parts"),
+    [
+        (b"Content-Type: t/p\n\nbody", (b"Content-Type: t/p\n", b"body")),
+        (b"Content-Type: t/p\r\n\r\nbo\r\n\r\ndy", (b"Content-Type: t/p\r\n", b"bo\r\n\r\ndy")),
+        (b"A: b\r\nContent-Type: t/p\n\r\r\n", (b"A: b\r\nContent-Type: t/p\n", b"")),
+        (b"\nbody", (b"", b"body")),
+        (b"\r\nbody", (b"", b"body")),
+        (b"Content-Type: t/p\n", None),
+        (b"Content-Type: t/p\r\n\r", None),
+    ],
+)
+def test_split_head_finds_the_end_of_a_header_block_as_bytes_arrive(
+    output: bytes, parts: tuple[bytes, bytes] | None
+) -> None:
+    assert split_head(output) == parts
+    if parts is not None:  # the same answer however the bytes were split into writes
+        for cut in range(len(output)):
+            early = split_head(output[:cut])
+            assert early is None or (early[0] == parts[0] and parts[1].startswith(early[1]))

@@ -274,13 +274,15 @@ class Gateway:
             timeout,
         )
 
-    def finish_stream(self, route: str, job: Job[RunResult], sent: int) -> None:
+    def finish_stream(
+        self, route: str, job: Job[RunResult], sent: int, timeout: float | None
+    ) -> None:
         """After a streamed body: log how the module ended; cut the response if it failed."""
         result = job.result()
         self.module_log.write(route, result.stderr)
         if result.succeeded:
             return
-        self.log_ending(route, result)
+        self.log_ending(route, result, timeout)
         raise ResponseCut(f"[{route}] {result.ending.value} after {sent} body bytes were sent")
 
     def run(self, module: Any, invocation: Invocation, client: Any, route: str) -> RunResult:
@@ -297,6 +299,8 @@ class Gateway:
     def log_ending(self, route: str, result: RunResult, timeout: float | None = None) -> None:
         """One clear line for a run that did not succeed: route, what happened, the limit."""
         ending = result.ending
+        if ending is Ending.RETURNED:
+            return
         detail = f" ({result.detail})" if result.detail else ""
         if ending is Ending.TIMED_OUT:
             limit = f"its {timeout:g} s timeout" if timeout is not None else "its timeout"
@@ -413,12 +417,14 @@ class _StreamedResponse:
         """The status goes out with the first body byte: a module that fails before
         writing one still gets a clean error response (a 504 for a timeout)."""
         output = self.output
+        finished = False
         try:
             first = self.first or output.read()
             if not first:  # the module ended after its header block, with no body
                 output.close()
                 result = output.job.result()
                 self.gateway.module_log.write(self.route, result.stderr)
+                finished = True
                 if not result.succeeded:
                     error = self.gateway.to_response(self.route, result, b"", self.timeout)
                     yield from error(environ, start_response)
@@ -432,6 +438,12 @@ class _StreamedResponse:
                 sent += len(chunk)
                 yield chunk
             output.close()
-            self.gateway.finish_stream(self.route, output.job, sent)
+            finished = True
+            self.gateway.finish_stream(self.route, output.job, sent, self.timeout)
         finally:
-            output.abandon()
+            if not finished:  # the client went away, or sending failed: stop the module
+                output.abandon()
+                with contextlib.suppress(BaseException):
+                    result = output.job.result()
+                    self.gateway.module_log.write(self.route, result.stderr)
+                    self.gateway.log_ending(self.route, result, self.timeout)
