@@ -80,7 +80,7 @@ build_c() {
 }
 
 # The first rustc (RUSTC, Debian's, the one on PATH) that has std for a WASI target, and the
-# target's name: wasm32-wasi until Rust 1.83, wasm32-wasip1 since.
+# target's name: wasm32-wasip1 on newer Rust (1.78+), wasm32-wasi on older (gone since 1.84).
 find_rust() {
     local rustc target
     for rustc in ${RUSTC:-/usr/bin/rustc rustc}; do
@@ -98,8 +98,12 @@ find_rust() {
 build_rust() {
     local found
     if ! found=$(find_rust); then
+        if [[ -n "${RUSTC:-}" ]]; then
+            echo "build.sh: RUSTC=$RUSTC has no std for wasm32-wasi or wasm32-wasip1" >&2
+            exit 1
+        fi
         need "rustc with std for wasm32-wasi" rustc libstd-rust-dev-wasm32
-        found=$(find_rust)
+        found=$(find_rust) || { echo "build.sh: rustc still has no wasm32-wasi std" >&2; exit 1; }
     fi
     read -r rustc target <<<"$found"
     # std only, size-optimised, one codegen unit and LTO: small, and reproducible.
