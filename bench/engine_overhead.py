@@ -272,7 +272,7 @@ def resolve(requested: str) -> list[str]:
     if requested == "auto":
         from wagi.config import load_config
 
-        config = load_config(ROOT / "samples" / "modules.toml")
+        config = load_config(ROOT / "bench" / "modules.toml")
         return [choose_engine("auto", config, None).name]
     ok, why = importable(requested)
     if not ok:

@@ -7,7 +7,7 @@ Usage::
                         [--concurrency C] [--workers W] [--loadgen python|wrk]
 
 For each engine it starts ``python -m gunicorn wagi.wsgi:app -c gunicorn.conf.py``
-from the repository root with ``samples/modules.toml``, waits for ``/healthz``,
+from the repository root with ``bench/modules.toml``, waits for ``/healthz``,
 and loads it with, in this order:
 
 - ``GET /healthz``: the baseline. Same server, same HTTP path, no module run;
@@ -62,7 +62,7 @@ from wagi.config import load_config  # noqa: E402
 from wagi.engines import ENGINE_NAMES, choose_engine, importable  # noqa: E402
 
 HOST = "127.0.0.1"
-CONFIG = "samples/modules.toml"
+CONFIG = "bench/modules.toml"
 STARTUP_SECONDS = 90.0
 REQUEST_TIMEOUT = 30.0
 ECHO_BODY = bytes(range(256)) * 64
@@ -210,7 +210,7 @@ def free_port() -> int:
 
 
 class Server:
-    """One ``gunicorn wagi.wsgi:app`` on 127.0.0.1 with ``samples/modules.toml``."""
+    """One ``gunicorn wagi.wsgi:app`` on 127.0.0.1 with ``bench/modules.toml``."""
 
     def __init__(self, engine: str, workers: int, tmp: Path) -> None:
         self.engine = engine

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from wagi.config import load_config
 from wagi.engines import importable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,6 +147,31 @@ def write_config(directory: Path, body: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "modules.toml"
     path.write_text(textwrap.dedent(body).format(probe=PROBE, modules=MODULES, samples=SAMPLES))
+    return path
+
+
+def samples_without_volumes(directory: Path) -> Path:
+    """A copy of ``samples/modules.toml`` without the routes that map volumes (the guestbook).
+
+    Every engine can serve it, wasmer included (which refuses volumes), so tests that compare
+    the engines on the samples use it. Module paths become absolute.
+    """
+    lines = []
+    for entry in load_config(SAMPLES / "modules.toml").modules:
+        if entry.volumes:
+            continue
+        assert entry.timeout is None and entry.max_memory is None, "copy these keys too"
+        lines += [
+            "[[module]]",
+            f"route = {json.dumps(entry.route)}",
+            f"module = {json.dumps(str(entry.module))}",
+            f"entrypoint = {json.dumps(entry.entrypoint)}",
+            f"argv = {json.dumps(entry.argv)}",
+        ]
+        lines += [f"environment.{name} = {json.dumps(value)}" for name, value in entry.environment]
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "modules.toml"
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 

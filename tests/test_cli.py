@@ -16,8 +16,8 @@ from .conftest import (
     ENGINES,
     PROBE,
     ROOT,
-    SAMPLES,
     free_port,
+    samples_without_volumes,
     start_gunicorn,
     wait_until_healthy,
     write_config,
@@ -60,17 +60,22 @@ def test_check_prints_engine_and_routing_table(tmp_path: Path) -> None:
     result = wagi("check", "--config", "samples/modules.toml", "--cache-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     out = result.stdout.decode().splitlines()
-    assert "samples/modules.toml: 6 routes; engine " in out[0]
+    assert "samples/modules.toml: 10 routes; engine " in out[0]
     patterns = [line.split()[0] for line in out[1:]]
     assert patterns == [
         "/hello",
         "/echo",
         "/routes/hello",
+        "/stats",
+        "/guestbook",
+        "/guestbook/static/...",
         "/routes/goodbye/...",
+        "/request/...",
         "/routes/...",
         "/env/...",
     ]
-    assert "routes.wasm  goodbye" in out[4]
+    assert "routes.wasm  goodbye" in out[7]
+    assert "guestbook.wasm  static" in out[6]
 
 
 def test_check_reports_a_bad_config_precisely(tmp_path: Path) -> None:
@@ -135,9 +140,17 @@ def test_run_sends_method_headers_and_body(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_run_gives_the_same_bytes_as_the_server(tmp_path: Path, engine: str) -> None:
-    server = start_gunicorn(tmp_path, SAMPLES / "modules.toml", engine, workers=1)
+    config = samples_without_volumes(tmp_path / "conf")
+    server = start_gunicorn(tmp_path, config, engine, workers=1)
     try:
-        for path in ("/hello", "/env/x/y?greet=matt&foo=bar", "/routes/goodbye/z", "/nothing"):
+        for path in (
+            "/hello",
+            "/env/x/y?greet=matt&foo=bar",
+            "/routes/goodbye/z",
+            "/stats?n=1&n=2",
+            "/request/x?a=b",
+            "/nothing",
+        ):
             raw = server.raw(
                 f"GET {path} HTTP/1.1\r\nHost: localhost:3000\r\nConnection: close\r\n\r\n".encode()
             )
@@ -146,7 +159,7 @@ def test_run_gives_the_same_bytes_as_the_server(tmp_path: Path, engine: str) -> 
             ran = wagi(
                 "run",
                 "--config",
-                "samples/modules.toml",
+                str(config),
                 "--engine",
                 engine,
                 "-H",
@@ -195,7 +208,7 @@ def test_serve_runs_gunicorn_with_the_samples(tmp_path: Path) -> None:
         assert requests.get(url + "/hello", timeout=10).text == "Hello, world!\n"
         text = log.read_text()
         assert "Booting worker" in text
-        assert "engine " in text and "6 routes" in text
+        assert "engine " in text and "10 routes" in text
     finally:
         process.terminate()
         process.wait(timeout=20)
@@ -240,7 +253,7 @@ def test_engine_refusals(tmp_path: Path) -> None:
         "check",
         "--quiet",
         "--config",
-        "samples/modules.toml",
+        str(samples_without_volumes(tmp_path / "samples")),
         "--engine",
         "wasmer",
         "--max-memory",
@@ -253,9 +266,8 @@ def test_engine_refusals(tmp_path: Path) -> None:
 
 
 def test_auto_prefers_wasmer_where_it_imports(tmp_path: Path) -> None:
-    result = wagi(
-        "check", "--quiet", "--config", "samples/modules.toml", "--cache-dir", str(tmp_path)
-    )
+    config = samples_without_volumes(tmp_path / "samples")
+    result = wagi("check", "--quiet", "--config", str(config), "--cache-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     expected = "engine wasmer" if "wasmer" in ENGINES else "engine wasmtime"
     assert expected in result.stdout.decode()
@@ -345,10 +357,14 @@ def test_every_sample_gives_the_same_bytes_on_both_engines(tmp_path: Path) -> No
         b"GET /routes/hello HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
         b"GET /routes/goodbye/moon HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
         b"GET /routes HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        b"GET /stats?n=1&n=2.5&n=%2D4 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        b"POST /request/p?q=%C3%A9 HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: 5\r\nConnection: close\r\n\r\n<b>&</b>",
     ]
     answers: dict[str, list[bytes]] = {}
     for engine in ENGINES:
-        server = start_gunicorn(tmp_path / engine, SAMPLES / "modules.toml", engine, workers=1)
+        config = samples_without_volumes(tmp_path / engine / "conf")
+        server = start_gunicorn(tmp_path / engine, config, engine, workers=1)
         try:
             answers[engine] = [strip_volatile(server.raw(r)) for r in requests_to_send]
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -27,27 +28,16 @@ from .conftest import (
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-@pytest.fixture(scope="module", params=ENGINES)
-def proxied(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, Server]]:
+@contextlib.contextmanager
+def nginx_in_front(tmp: Path, sock: Path, server: Server) -> Iterator[str]:
+    """A real nginx on a free loopback port proxying to ``server`` on unix socket ``sock``.
+
+    Yields nginx's URL once ``/healthz`` answers through it; stops nginx afterwards (the
+    caller stops ``server``). Its logs are under ``tmp/logs``.
+    """
     if not Path(NGINX).exists():
+        server.stop()
         pytest.fail("nginx is not installed (apt-get install nginx-light); ./run-tests installs it")
-    tmp = tmp_path_factory.mktemp("nginx")
-    sock = tmp / "wagi.sock"
-    config = write_config(
-        tmp / "conf",
-        '[[module]]\nroute = "/probe/..."\nmodule = "{probe}"\n'
-        '[[module]]\nroute = "/hello"\nmodule = "{samples}/hello.wat"\n',
-    )
-    server = start_gunicorn(
-        tmp,
-        config,
-        str(request.param),
-        bind=f"unix:{sock}",
-        wait=False,
-        extra_env={"WAGI_TRUSTED_PROXY_HOPS": "1"},
-    )
     port = free_port()
     (tmp / "logs").mkdir()
     conf = tmp / "nginx.conf"
@@ -100,9 +90,34 @@ def proxied(
                 f"{(tmp / 'logs' / 'error.log').read_text()[-3000:]}"
             )
         time.sleep(0.1)
-    yield url, server
-    nginx.send_signal(signal.SIGQUIT)
-    nginx.wait(timeout=10)
+    try:
+        yield url
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        nginx.wait(timeout=10)
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def proxied(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Server]]:
+    tmp = tmp_path_factory.mktemp("nginx")
+    sock = tmp / "wagi.sock"
+    config = write_config(
+        tmp / "conf",
+        '[[module]]\nroute = "/probe/..."\nmodule = "{probe}"\n'
+        '[[module]]\nroute = "/hello"\nmodule = "{samples}/hello.wat"\n',
+    )
+    server = start_gunicorn(
+        tmp,
+        config,
+        str(request.param),
+        bind=f"unix:{sock}",
+        wait=False,
+        extra_env={"WAGI_TRUSTED_PROXY_HOPS": "1"},
+    )
+    with nginx_in_front(tmp, sock, server) as url:
+        yield url, server
     server.stop()
 
 
