@@ -15,13 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from werkzeug.test import EnvironBuilder
-from werkzeug.wrappers import Response
 
 from wagi import __version__
 from wagi import settings as wagi_settings
 from wagi.config import Config, ConfigError, load_config
 from wagi.engines import EngineChoice, EngineUnavailable, choose_engine
-from wagi.gateway import Gateway
+from wagi.gateway import CgiHttpResponse, Gateway
 from wagi.handlers import StartupError
 
 DESCRIPTION = "wagi: run WebAssembly (WASI) modules as CGI handlers behind gunicorn."
@@ -96,8 +95,17 @@ def check(args: argparse.Namespace) -> int:
         width = max(len(r.pattern) for r in routes)
         for route in routes:
             handler = route.handler
-            print(f"  {route.pattern:<{width}}  {handler.entry.module.name}  {handler.entrypoint}")
+            module = _shown_path(handler.entry.module, config.path)
+            print(f"  {route.pattern:<{width}}  {module}  {handler.entrypoint}")
     return 0
+
+
+def _shown_path(module: Path, config: Path) -> str:
+    """A module's path as the table shows it: relative to modules.toml where it is below it."""
+    try:
+        return str(module.relative_to(config.resolve().parent))
+    except ValueError:
+        return str(module)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
         longest = max(route.handler.limits.timeout or 0 for route in gateway.table.routes())
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.setitimer(signal.ITIMER_REAL, longest)
-    response = Response.from_app(gateway, environ)
+    # The server sends no Content-Type a module did not send; neither does this.
+    response = CgiHttpResponse.from_app(gateway, environ)
     signal.setitimer(signal.ITIMER_REAL, 0)
     out = sys.stdout.buffer
     out.write(f"HTTP/1.1 {response.status}\r\n".encode("latin-1"))
