@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import logging
 import os
-import select
 import socket
-import time
 from collections.abc import Iterable, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -58,18 +55,12 @@ logger = logging.getLogger("wagi")
 
 HEALTH_PATH = "/healthz"
 
-STREAM_GRACE = 0.005
-"""Seconds to wait, once the header block is complete, for the module to end: a
-response complete by then is sent whole, with a Content-Length."""
-
-BUFFER_LIMIT = 256 * 1024
-"""Body bytes held before streaming starts anyway."""
+STREAM_AFTER = 0.005
+"""Seconds a module's output is held back (see ``Invocation.stream_after``): a module
+that ends sooner is answered whole, with a Content-Length, for one thread hand-off."""
 
 HEAD_LIMIT = 64 * 1024
 """A header block longer than this is not a valid CGI response."""
-
-PIPE_SIZE = 1024 * 1024
-"""Kernel buffer between a streaming module and the client (fewer wake-ups)."""
 
 _CHUNK = 256 * 1024
 
@@ -228,11 +219,11 @@ class Gateway:
         """Run on a runner thread; send the body as the module writes it."""
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
-            with contextlib.suppress(OSError):  # a smaller pipe only means more wake-ups
-                fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
             os.set_blocking(write_fd, False)  # the engine waits for room up to the deadline
             run = functools.partial(
-                self.engine.run, module, dataclasses.replace(invocation, stdout_fd=write_fd)
+                self.engine.run,
+                module,
+                dataclasses.replace(invocation, stdout_fd=write_fd, stream_after=STREAM_AFTER),
             )
             job = self.pool_for(handler).submit(run, close_fd=write_fd)
         except BaseException:
@@ -241,12 +232,13 @@ class Gateway:
         output = _PipeReader(read_fd, job)
         timeout = handler.limits.timeout
         try:
-            stdout, complete = output.read_head()
-            if complete:
+            streamed, complete = output.read_head()
+            if complete:  # the module ended: held output in the result, the rest piped
                 output.close()
                 result = job.result()
                 self.module_log.write(route, result.stderr)
-                return self.to_response(route, result, bytes(stdout), timeout)
+                return self.to_response(route, result, result.stdout + streamed, timeout)
+            stdout = streamed
             parts = split_head(stdout)
             try:
                 if parts is None:
@@ -352,24 +344,16 @@ class _PipeReader:
         return os.read(self.fd, _CHUNK)
 
     def read_head(self) -> tuple[bytearray, bool]:
-        """Read until the header block is complete, then briefly for the module's end.
+        """Read until the header block is complete or the module ends.
 
         Returns ``(output so far, complete)``; ``complete`` means the module has
-        ended (EOF) and the output is all of it. The output holds a whole header
-        block unless the module ended without one or it grew past :data:`HEAD_LIMIT`.
+        ended (EOF). A module that ends before it streams sends nothing here at all.
+        Without ``complete``, the output holds a whole header block unless it grew
+        past :data:`HEAD_LIMIT` without one.
         """
         output = bytearray()
         while split_head(output) is None:
             if len(output) > HEAD_LIMIT:
-                return output, False
-            chunk = self.read()
-            if not chunk:
-                return output, True
-            output += chunk
-        give_up = time.monotonic() + STREAM_GRACE
-        while len(output) < BUFFER_LIMIT:
-            wait = give_up - time.monotonic()
-            if wait <= 0 or not select.select([self.fd], [], [], wait)[0]:
                 return output, False
             chunk = self.read()
             if not chunk:

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+HOLD_LIMIT = 256 * 1024
+"""stdout bytes held back before a streaming run starts writing to ``stdout_fd``."""
+
 STDERR_LIMIT = 1 << 20
 """Bytes of a run's stderr kept for the log, on every engine: a hostile module must not
 fill the worker's memory through stderr. The rest is dropped, with a note saying so."""
@@ -63,9 +66,13 @@ class Invocation:
     preopens: Sequence[Preopen] = ()
     limits: Limits = Limits()
     stdout_fd: int | None = None
-    """Where stdout goes as the module writes it (a pipe the caller reads, blocking
-    writes); ``None`` keeps it in :attr:`RunResult.stdout`. An engine without
-    :attr:`Capabilities.streaming` writes everything here when the run ends."""
+    """Where stdout goes while the module runs (a pipe the caller reads). Output is
+    held back until the run has lasted ``stream_after`` seconds or holds
+    :data:`HOLD_LIMIT` bytes, then everything goes to ``stdout_fd`` as it is written;
+    a run that ends before that returns its output in :attr:`RunResult.stdout`, and
+    the pipe only sees EOF. ``None`` keeps all of it in :attr:`RunResult.stdout`.
+    Engines without :attr:`Capabilities.streaming` ignore it."""
+    stream_after: float = 0.0
 
 
 class Ending(enum.Enum):

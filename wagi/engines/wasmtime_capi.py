@@ -39,6 +39,12 @@ NO_FINALIZER = ctypes.cast(0, FINALIZER)
 UncheckedCallback = ctypes.CFUNCTYPE(c_void_p, c_void_p, c_void_p, POINTER(ValRaw), c_size_t)
 """``wasmtime_func_unchecked_callback_t``: (env, caller, args_and_results, len) -> trap."""
 
+DeadlineCallback = ctypes.CFUNCTYPE(
+    c_size_t, c_void_p, c_void_p, POINTER(c_uint64), POINTER(c_uint8)
+)
+"""Epoch-deadline callback: (context, env, *delta, *kind) -> error (0 to go on)."""
+UPDATE_DEADLINE_CONTINUE = 0
+
 EXTERN_FUNC = 0
 EXTERN_MEMORY = 3
 TRAP_CODE_INTERRUPT = int(_ffi.wasmtime_trap_code_enum.WASMTIME_TRAP_CODE_INTERRUPT.value)
@@ -50,6 +56,11 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "wasmtime_store_limiter": (None, [c_void_p, c_int64, c_int64, c_int64, c_int64, c_int64]),
     "wasmtime_context_set_wasi": (c_void_p, [c_void_p, c_void_p]),
     "wasmtime_context_set_epoch_deadline": (None, [c_void_p, c_uint64]),
+    "wasmtime_store_epoch_deadline_callback": (
+        None,
+        [c_void_p, DeadlineCallback, c_void_p, FINALIZER],
+    ),
+    "wasmtime_error_new": (c_void_p, [c_char_p]),
     "wasi_config_new": (c_void_p, []),
     "wasi_config_delete": (None, [c_void_p]),
     "wasi_config_set_argv": (c_bool, [c_void_p, c_size_t, c_void_p]),

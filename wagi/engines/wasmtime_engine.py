@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib.metadata
-import math
 import os
 import select
 import struct
@@ -61,6 +60,7 @@ import wasmtime
 
 from . import wasmtime_capi as capi
 from .base import (
+    HOLD_LIMIT,
     STDERR_LIMIT,
     Capabilities,
     Ending,
@@ -159,6 +159,7 @@ class _Run:
         "detail",
         "engine",
         "forwarder",
+        "holding",
         "max_output",
         "memory",
         "stderr",
@@ -166,6 +167,7 @@ class _Run:
         "stdout",
         "stdout_fd",
         "stopped",
+        "stream_at",
         "streams",
         "written",
     )
@@ -181,6 +183,9 @@ class _Run:
         self.engine = engine
         self.ctx = ctx
         self.stdout_fd = invocation.stdout_fd
+        self.holding = invocation.stdout_fd is not None
+        """Output is held in ``stdout`` until the run is old or big enough to stream."""
+        self.stream_at = time.monotonic() + invocation.stream_after
         self.stdout = bytearray()
         self.written = 0
         self.max_output = invocation.limits.max_output
@@ -283,20 +288,61 @@ class _Run:
         if over:
             assert limit is not None
             length = limit - self.written
-        if self.stdout_fd is None:
+        if self.stdout_fd is None or self.holding:
             self.stdout += ctypes.string_at(address, length)
+            if self.holding and (
+                len(self.stdout) >= HOLD_LIMIT or time.monotonic() >= self.stream_at
+            ):
+                self.start_streaming()
         else:
-            view = memoryview((ctypes.c_char * length).from_address(address)).cast("B")
-            while view:
-                try:
-                    view = view[os.write(self.stdout_fd, view) :]
-                except BlockingIOError:  # the reader is behind (a slow client): wait
-                    self.wait_for_room()
-                except OSError as exc:  # the reader went away (client gone, response cut)
-                    raise _Stop(Ending.CANCELLED, f"stdout: {exc.strerror}") from None
+            self.send(memoryview((ctypes.c_char * length).from_address(address)).cast("B"))
         self.written += length
         if over:
             raise _Stop(Ending.OUTPUT_TOO_LARGE)
+
+    def start_streaming(self) -> None:
+        """From now on stdout goes to ``stdout_fd``, starting with what was held."""
+        self.holding = False
+        held, self.stdout = self.stdout, bytearray()
+        self.send(memoryview(held))
+
+    def send(self, view: memoryview) -> None:
+        assert self.stdout_fd is not None
+        while view:
+            try:
+                view = view[os.write(self.stdout_fd, view) :]
+            except BlockingIOError:  # the reader is behind (a slow client): wait
+                self.wait_for_room()
+            except OSError as exc:  # the reader went away (client gone, response cut)
+                raise _Stop(Ending.CANCELLED, f"stdout: {exc.strerror}") from None
+
+    def on_tick(self) -> None:
+        """Every epoch tick while the guest computes: the deadline, and held output."""
+        now = time.monotonic()
+        if self.deadline is not None and now > self.deadline:
+            raise _Stop(Ending.TIMED_OUT)
+        if self.holding and now >= self.stream_at and self.stdout:
+            self.start_streaming()
+
+
+def _deadline_callback(local: threading.local) -> Any:
+    """The store's epoch-deadline callback: :meth:`_Run.on_tick`, then one more tick."""
+
+    def callback(_ctx: int, _env: int, delta: Any, kind: Any) -> int:
+        run: _Run | None = getattr(local, "run", None)
+        if run is not None:
+            try:
+                run.on_tick()
+            except BaseException as exc:
+                if run.stopped is None:
+                    stop = exc if isinstance(exc, _Stop) else _Stop(Ending.TRAPPED, repr(exc))
+                    run.stopped, run.detail = stop.ending, stop.detail
+                return lib.wasmtime_error_new(b"wagi: run stopped") or 0
+        delta[0] = 1
+        kind[0] = capi.UPDATE_DEADLINE_CONTINUE
+        return 0
+
+    return capi.DeadlineCallback(callback)
 
 
 def _host_function(
@@ -523,6 +569,7 @@ class WasmtimeEngine(Engine):
         self._linker.allow_shadowing = True
         self._linker.define_wasi()
         i32 = wasmtime.ValType.i32()
+        self._on_deadline = _deadline_callback(self._local)
         self._callbacks = []  # the Linker holds raw pointers to these: keep them alive
         for name, params, body in (
             (b"fd_write", 4, _fd_write),
@@ -690,9 +737,13 @@ class WasmtimeEngine(Engine):
                 lib.wasmtime_store_limiter(store, limits.max_memory, -1, -1, -1, -1)
             deadline: float | None = None
             if limits.timeout is not None:
-                ticks = max(1, math.ceil(limits.timeout / self._tick)) + 1
-                lib.wasmtime_context_set_epoch_deadline(ctx, ticks)
                 deadline = time.monotonic() + limits.timeout
+            if deadline is not None or invocation.stdout_fd is not None:
+                # Every tick: the deadline checked, held output sent (see _Run.on_tick).
+                lib.wasmtime_store_epoch_deadline_callback(
+                    store, self._on_deadline, None, capi.NO_FINALIZER
+                )
+                lib.wasmtime_context_set_epoch_deadline(ctx, 1)
                 self._ticker.start_run()
                 timed = True
             else:
