@@ -20,7 +20,7 @@ from werkzeug.wrappers import Response
 
 from wagi import __version__
 from wagi import settings as wagi_settings
-from wagi.config import Config, ConfigError, OciModule, load_config, parse_oci_reference
+from wagi.config import Config, ConfigError, load_config, parse_oci_reference
 from wagi.engines import EngineChoice, EngineUnavailable, choose_engine
 from wagi.gateway import Gateway
 from wagi.handlers import StartupError
@@ -115,12 +115,9 @@ def check(args: argparse.Namespace) -> int:
         f"wagi {__version__}: {config.path}: {len(routes)} routes; engine {choice.name} "
         f"{gateway.engine.version} ({choice.reason}); {choice.describe_limits()}"
     )
-    pulled = {
-        e.module.reference: e.module for e in config.modules if isinstance(e.module, OciModule)
-    }
-    for reference, module in sorted(pulled.items()):
-        # Always printed: the start-up log says which bytes each reference is.
-        print(f"  {module} is {module.digest or pins[reference]}")
+    for reference, digest in sorted(pins.items()):
+        # Always printed: the start-up log says which bytes each tag stood for.
+        print(f"  oci://{reference} is {digest}")
     if not args.quiet:
         width = max(len(r.pattern) for r in routes)
         for route in routes:
