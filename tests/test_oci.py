@@ -39,6 +39,7 @@ from cryptography.x509.oid import NameOID
 
 from wagi.config import ConfigError, LocalModule, OciModule, load_config, parse_oci_reference
 from wagi.registry import AuthError, find_credentials, uses_plain_http
+from wagi.registry import Registry as WagiRegistry
 from wagi.settings import load as load_settings
 from wagi.sources import SourceError, pull_modules, resolve_modules
 
@@ -641,6 +642,84 @@ def test_check_writes_the_pins_the_workers_get(registry: Registry, tmp_path: Pat
     assert run.stdout == "HTTP/1.1 200 OK\nContent-Type: text/plain\nContent-Length: 5\n\npins\n"
 
 
+def descriptor(media_type: str, blob: bytes) -> dict[str, object]:
+    return {"mediaType": media_type, "digest": sha256(blob), "size": len(blob)}
+
+
+def upload(
+    registry: Registry,
+    reference: str,
+    layers: list[tuple[str, bytes]],
+    config: tuple[str, bytes] = (CONFIG_TYPE, b"{}"),
+) -> bytes:
+    """Store an artifact of other layers, the way another tool would; its manifest."""
+    repository, _, tag = reference.partition(":")
+    client = WagiRegistry(registry.host, plain_http=True)
+    for _, blob in [config, *layers]:
+        client.upload_blob(repository, sha256(blob), blob)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPE,
+        "config": descriptor(*config),
+        "layers": [descriptor(*layer) for layer in layers],
+    }
+    body = json.dumps(manifest).encode()
+    client.put_manifest(repository, tag, body, MANIFEST_TYPE)
+    return body
+
+
+def test_the_cncf_layout_pulls_and_other_artifacts_are_refused(
+    registry: Registry, tmp_path: Path
+) -> None:
+    _, wasm = write_module(tmp_path, "cncf layout")
+    cncf_config = ("application/vnd.wasm.config.v0+json", b'{"architecture":"wasm"}')
+    upload(registry, "layouts/cncf:1", [("application/wasm", wasm)], cncf_config)
+    config = write_config(
+        tmp_path, f'[[module]]\nroute = "/c"\nmodule = "{registry.ref("layouts/cncf:1")}"\n'
+    )
+    cache = str(tmp_path / "cache")
+    run = wagi(tmp_path, "run", "--config", str(config), "--cache-dir", cache, "/c")
+    assert (
+        run.stdout
+        == "HTTP/1.1 200 OK\nContent-Type: text/plain\nContent-Length: 12\n\ncncf layout\n"
+    )
+
+    image_layer = ("application/vnd.oci.image.layer.v1.tar+gzip", b"\x1f\x8b not a tarball")
+    image_config = ("application/vnd.oci.image.config.v1+json", b"{}")
+    upload(registry, "layouts/image:1", [image_layer], image_config)
+    manifest = upload(registry, "layouts/index:one", [(LAYER_TYPE, wasm)])
+    index_type = "application/vnd.oci.image.index.v1+json"
+    index = {
+        "schemaVersion": 2,
+        "mediaType": index_type,
+        "manifests": [
+            {
+                **descriptor(MANIFEST_TYPE, manifest),
+                "platform": {"os": "wasip1", "architecture": "wasm"},
+            }
+        ],
+    }
+    WagiRegistry(registry.host, plain_http=True).put_manifest(
+        "layouts/index", "all", json.dumps(index).encode(), index_type
+    )
+    for name, said in {
+        "layouts/image:1": "the artifact has no WebAssembly layers "
+        "(application/vnd.wasm.content.layer.v1+wasm or application/wasm); its layers: "
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        "layouts/index:all": f"it is an image index ({index_type}), not a single module: name "
+        "one of its manifests by digest",
+    }.items():
+        config = write_config(
+            tmp_path, f'[[module]]\nroute = "/x"\nmodule = "{registry.ref(name)}"\n'
+        )
+        result = check(tmp_path, config)
+        assert (result.returncode, result.stderr) == (
+            2,
+            f"wagi: error: {config}: [[module]] #1 (route '/x'), key 'module': "
+            f"{registry.ref(name)}: {said}\n",
+        )
+
+
 def test_unknown_repository_tag_and_digest_stop_start_up(
     registry: Registry, tmp_path: Path
 ) -> None:
@@ -670,9 +749,9 @@ def test_unknown_repository_tag_and_digest_stop_start_up(
                              extra_env=clean_env(tmp_path))  # fmt: skip
     assert refused.process.wait(timeout=60) != 0
     assert (
-        f"wagi cannot start: \n{config}: [[module]] #1 (route '/m'), key 'module': "
+        f"wagi cannot start: \nwagi: error: {config}: [[module]] #1 (route '/m'), key 'module': "
         f"{registry.ref(f'errors/known@{ZERO_DIGEST}')}: the repository 'errors/known' has no "
-        f"manifest {ZERO_DIGEST}" in refused.log().replace("wagi: error: ", "")
+        f"manifest {ZERO_DIGEST} (404 MANIFEST_UNKNOWN: manifest unknown)\n" in refused.log()
     )
     assert "Booting worker" not in refused.log()
 
@@ -896,6 +975,13 @@ def test_bearer_token_flow(token_registry: tuple[Registry, TokenService], tmp_pa
     token = tokens.token({"service": SERVICE, "scope": "repository:tokens/hello:pull"}, True)
     result = check(tmp_path, config, WAGI_OCI_TOKEN=token)
     assert result.returncode == 0, result.stderr
+    result = check(tmp_path, config, WAGI_OCI_TOKEN=token[:-8] + "AAAAAAAA")
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"wagi: error: {config}: [[module]] #1 (route '/t'), key 'module': {reference}: the "
+        "registry refused the credentials from WAGI_OCI_TOKEN (401 UNAUTHORIZED: "
+        "authentication required)\n",
+    )
 
 
 def test_tls_with_a_custom_ca(tls_registry: tuple[Registry, Path], tmp_path: Path) -> None:

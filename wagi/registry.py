@@ -251,16 +251,33 @@ class Registry:
     # -- the distribution API -------------------------------------------------
 
     def get_manifest(
-        self, repository: str, reference: str, accept: Iterable[str]
+        self, repository: str, reference: str, accept: Iterable[str], limit: int
     ) -> tuple[bytes, str]:
-        """The manifest's exact bytes and its media type (``Content-Type``)."""
+        """The manifest's exact bytes and its media type (``Content-Type``).
+
+        Raises :class:`RegistryError` if it is larger than ``limit`` bytes (the rest is
+        not read).
+        """
         response = self.request(
             "GET",
             f"/v2/{repository}/manifests/{reference}",
             headers={"Accept": ", ".join(accept)},
+            stream=True,
         )
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-        return response.content, media_type
+        body = b""
+        with response:
+            try:
+                for chunk in response.iter_content(1 << 16):
+                    body += chunk
+                    if len(body) > limit:
+                        raise RegistryError(f"the manifest is larger than {limit} bytes")
+            except requests.RequestException as exc:
+                raise Unreachable(
+                    f"the connection to {self.base_url} broke while reading a manifest: "
+                    f"{_reason(exc)}"
+                ) from None
+        return body, media_type
 
     def read_blob(self, repository: str, digest: str) -> Iterator[bytes]:
         """The blob's bytes, in chunks, as they arrive (the caller checks the digest)."""

@@ -240,11 +240,11 @@ class Puller:
         registry = self.registry(module.registry)
         reference = module.digest or module.tag or ""
         try:
-            body, media_type = registry.get_manifest(module.repository, reference, ACCEPT)
+            body, media_type = registry.get_manifest(
+                module.repository, reference, ACCEPT, MAX_MANIFEST
+            )
         except RegistryError as exc:
             raise SourceError(f"{module}: {self.explain(registry, module, exc)}") from None
-        if len(body) > MAX_MANIFEST:
-            raise SourceError(f"{module}: the manifest is larger than {MAX_MANIFEST} bytes")
         digest = digest_of(body)
         if module.digest and digest != module.digest:
             raise SourceError(
