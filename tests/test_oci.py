@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import ipaddress
 import json
 import os
 import shutil
@@ -116,10 +117,10 @@ def push(tmp: Path, module: Path, reference: str, **env: str) -> str:
 
 
 def check(tmp: Path, config: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    cache = str(tmp / "cache")
     return wagi(
-        tmp, "check", "--quiet", "--config", str(config), "--cache-dir", str(tmp / "cache"),
-        *args, **env,
-    )  # fmt: skip
+        tmp, "check", "--quiet", "--config", str(config), "--cache-dir", cache, *args, **env
+    )
 
 
 def serve(tmp: Path, config: Path, engine: str = "auto", **env: str) -> Server:
@@ -255,8 +256,6 @@ def certificate(
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if ip is not None:
-        import ipaddress
-
         builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
             critical=False,
@@ -331,8 +330,8 @@ class TokenService:
             kind, name, actions = query["scope"].split(":")
             access = [{"type": kind, "name": name, "actions": actions.split(",")}]
         now = int(time.time())
-        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(
-            self.cert.public_bytes(serialization.Encoding.DER)).decode()]}  # fmt: skip
+        signer = base64.b64encode(self.cert.public_bytes(serialization.Encoding.DER)).decode()
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [signer]}
         claims = {
             "iss": ISSUER,
             "sub": USER if authenticated else "",
@@ -745,8 +744,8 @@ def test_unknown_repository_tag_and_digest_stop_start_up(
             f"{registry.ref(name)}: {said}\n",
         )
     # gunicorn refuses to start on it, with the same words in its log.
-    refused = start_gunicorn(tmp_path, config, "auto", workers=1, wait=False,
-                             extra_env=clean_env(tmp_path))  # fmt: skip
+    env = clean_env(tmp_path)
+    refused = start_gunicorn(tmp_path, config, "auto", workers=1, wait=False, extra_env=env)
     assert refused.process.wait(timeout=60) != 0
     assert (
         f"wagi cannot start: \nwagi: error: {config}: [[module]] #1 (route '/m'), key 'module': "
@@ -857,9 +856,13 @@ def test_a_moved_tag_is_served_after_a_reload_and_not_before(
     push(tmp_path, v1, reference)
     config = write_config(tmp_path, f'[[module]]\nroute = "/live"\nmodule = "{reference}"\n')
     server = start_gunicorn(
-        tmp_path, config, engine, workers=2, extra_env=clean_env(tmp_path),
+        tmp_path,
+        config,
+        engine,
+        workers=2,
+        extra_env=clean_env(tmp_path),
         gunicorn_args=("--graceful-timeout", "2"),
-    )  # fmt: skip
+    )
     try:
         assert server.get("/live").text == f"version 1 on {engine}\n"
         second = push(tmp_path, v2, reference)
@@ -950,8 +953,8 @@ def test_bearer_token_flow(token_registry: tuple[Registry, TokenService], tmp_pa
     digest = push(tmp_path, module, reference, **credentials)
     # The token service was asked for the scopes the registry named in its challenges.
     assert {"service": SERVICE, "scope": "repository:tokens/hello:pull,push"} in tokens.requests
-    result = wagi(tmp_path, "push", str(module), reference, WAGI_OCI_USERNAME=USER,
-                  WAGI_OCI_PASSWORD="wrong")  # fmt: skip
+    wrong = {"WAGI_OCI_USERNAME": USER, "WAGI_OCI_PASSWORD": "wrong"}
+    result = wagi(tmp_path, "push", str(module), reference, **wrong)
     assert (result.returncode, result.stderr) == (
         2,
         f"wagi: error: {reference}: the token service at {tokens.realm} refused the credentials "
@@ -996,8 +999,8 @@ def test_tls_with_a_custom_ca(tls_registry: tuple[Registry, Path], tmp_path: Pat
         "certificate not trusted: unable to get local issuer certificate)\n",
     )
     digest = push(tmp_path, module, reference, WAGI_OCI_CA_FILE=str(ca_file), **https)
-    result = wagi(tmp_path, "push", "--oci-ca-file", str(ca_file), "--oci-plain-http", "none",
-                  str(module), reference)  # fmt: skip
+    flags = ("--oci-ca-file", str(ca_file), "--oci-plain-http", "none")
+    result = wagi(tmp_path, "push", *flags, str(module), reference)
     assert (result.returncode, result.stdout) == (0, digest + "\n")
     config = write_config(tmp_path, f'[[module]]\nroute = "/s"\nmodule = "{reference}"\n')
     server = serve(tmp_path, config, WAGI_OCI_CA_FILE=str(ca_file), **https)
