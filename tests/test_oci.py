@@ -41,6 +41,7 @@ from cryptography.x509.oid import NameOID
 from wagi.config import ConfigError, LocalModule, OciModule, load_config, parse_oci_reference
 from wagi.registry import AuthError, find_credentials, uses_plain_http
 from wagi.registry import Registry as WagiRegistry
+from wagi.settings import SettingsError
 from wagi.settings import load as load_settings
 from wagi.sources import SourceError, pull_modules, resolve_modules
 
@@ -470,6 +471,12 @@ def test_plain_http_is_for_loopback_and_listed_registries_only() -> None:
     assert not uses_plain_http("127.0.0.1:5000", "")
     assert load_settings(None, {"WAGI_OCI_PLAIN_HTTP": "none"}).oci_plain_http == ""
     assert load_settings(None, {}).oci_plain_http == "loopback"
+    with pytest.raises(SettingsError) as info:
+        load_settings(None, {"WAGI_OCI_PLAIN_HTTP": "http://registry.lan"})
+    assert str(info.value) == (
+        "WAGI_OCI_PLAIN_HTTP: expected registries as HOST[:PORT] separated by commas, or "
+        "'loopback', got 'http://registry.lan'"
+    )
 
 
 def test_credentials_come_from_the_environment_or_the_docker_config(tmp_path: Path) -> None:
