@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from wagi.config import ConfigError, Volume, load_config, load_env_file
+from wagi.config import ConfigError, LocalModule, Volume, load_config, load_env_file
 
 from .conftest import PROBE
 
@@ -25,7 +25,7 @@ def test_minimal_entry_gets_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, entry()))
     (module,) = config.modules
     assert module.route == "/x"
-    assert module.module == PROBE
+    assert module.module == LocalModule(PROBE)
     assert module.entrypoint == "_start"
     assert module.argv == "${SCRIPT_NAME} ${ARGS}"
     assert module.volumes == ()
@@ -43,7 +43,7 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
             '[[module]]\nroute = "/x"\nmodule = "m.wat"\nvolumes = { "/data" = "data" }\n',
         )
     )
-    assert config.modules[0].module == tmp_path / "sub" / "m.wat"
+    assert config.modules[0].module == LocalModule(tmp_path / "sub" / "m.wat")
     assert config.modules[0].volumes == (Volume("/data", tmp_path / "sub" / "data", False),)
 
 
@@ -70,7 +70,7 @@ def test_full_entry(tmp_path: Path) -> None:
 
 def test_file_url_module(tmp_path: Path) -> None:
     (module,) = load_config(write(tmp_path, entry().replace(str(PROBE), f"file://{PROBE}"))).modules
-    assert module.module == PROBE
+    assert module.module == LocalModule(PROBE)
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ def test_file_url_module(tmp_path: Path) -> None:
         ),
         (
             '[[module]]\nroute = "/m"\nmodule = "https://example.com/m.wasm"\n',
-            "only plain paths and file:// URLs",
+            "only plain paths, file:// URLs and oci:// references are supported",
         ),
     ],
 )

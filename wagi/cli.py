@@ -1,4 +1,4 @@
-"""The ``wagi`` command: ``serve``, ``run`` and ``check``.
+"""The ``wagi`` command: ``serve``, ``run``, ``check`` and ``push``.
 
 Every server option (see :mod:`wagi.settings`) is a flag of each command and a
 ``WAGI_*`` environment variable; flags win.
@@ -7,6 +7,7 @@ Every server option (see :mod:`wagi.settings`) is a flag of each command and a
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -18,10 +19,11 @@ from werkzeug.test import EnvironBuilder
 
 from wagi import __version__
 from wagi import settings as wagi_settings
-from wagi.config import Config, ConfigError, load_config
+from wagi.config import Config, ConfigError, load_config, parse_oci_reference
 from wagi.engines import EngineChoice, EngineUnavailable, choose_engine
 from wagi.gateway import CgiHttpResponse, Gateway
 from wagi.handlers import StartupError
+from wagi.sources import SourceError, pull_modules, push_module
 
 DESCRIPTION = "wagi: run WebAssembly (WASI) modules as CGI handlers behind gunicorn."
 
@@ -72,7 +74,25 @@ def _parser() -> argparse.ArgumentParser:
         "the cache) and print the routing table, most specific route first.",
     )
     check.add_argument("--quiet", action="store_true", help="print only the summary")
+    check.add_argument(
+        "--pins-file",
+        type=Path,
+        metavar="PATH",
+        help="write the digest each OCI tag was resolved to, as JSON, to PATH (gunicorn's "
+        "hooks pass it on to the workers, so they load exactly what was checked)",
+    )
     wagi_settings.add_arguments(check)
+
+    push = commands.add_parser(
+        "push",
+        help="publish a module to an OCI registry",
+        description="Publish a .wasm (or .wat, assembled first) module as an OCI artifact, "
+        "the way wasm-to-oci and WAGI 0.8 did, and print its digest on stdout.",
+        epilog="example: wagi push hello.wasm oci://127.0.0.1:5000/team/hello:1.0",
+    )
+    push.add_argument("module", type=Path, help="the .wasm or .wat file")
+    push.add_argument("reference", help="where to publish it: oci://HOST[:PORT]/REPOSITORY:TAG")
+    wagi_settings.add_arguments(push, only=("oci_ca_file", "oci_plain_http"))
     return parser
 
 
@@ -85,12 +105,18 @@ def _load(args: argparse.Namespace) -> tuple[wagi_settings.ServerSettings, Confi
 
 def check(args: argparse.Namespace) -> int:
     server_settings, config, choice = _load(args)
+    config, pins = pull_modules(config, server_settings)
+    if args.pins_file is not None:
+        args.pins_file.write_text(json.dumps(pins, indent=1, sort_keys=True) + "\n")
     gateway = Gateway.create(server_settings, config, choice)
     routes = gateway.table.routes()
     print(
         f"wagi {__version__}: {config.path}: {len(routes)} routes; engine {choice.name} "
         f"{gateway.engine.version} ({choice.reason}); {choice.describe_limits()}"
     )
+    for reference, digest in sorted(pins.items()):
+        # Always printed: the start-up log says which bytes each tag stood for.
+        print(f"  oci://{reference} is {digest}")
     if not args.quiet:
         width = max(len(r.pattern) for r in routes)
         for route in routes:
@@ -110,6 +136,7 @@ def _shown_path(module: Path, config: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     server_settings, config, choice = _load(args)
+    config, _ = pull_modules(config, server_settings)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     gateway = Gateway.create(server_settings, config, choice)
     headers = []
@@ -174,6 +201,22 @@ def serve(args: argparse.Namespace, gunicorn_args: Sequence[str]) -> int:
     return 0
 
 
+def push(args: argparse.Namespace) -> int:
+    server_settings = wagi_settings.load(args)
+    try:
+        target = parse_oci_reference(args.reference)
+    except ValueError as exc:
+        raise SourceError(str(exc)) from None
+    digest = push_module(args.module, target, server_settings)
+    print(f"wagi: pushed {args.module} to {target}", file=sys.stderr)
+    print(
+        f"wagi: pin it in modules.toml as oci://{target.registry}/{target.repository}@{digest}",
+        file=sys.stderr,
+    )
+    print(digest)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -184,8 +227,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(args, extra)
         if args.command == "run":
             return run(args)
+        if args.command == "push":
+            return push(args)
         return check(args)
-    except (ConfigError, StartupError, EngineUnavailable, wagi_settings.SettingsError) as exc:
+    except (
+        ConfigError,
+        StartupError,
+        SourceError,
+        EngineUnavailable,
+        wagi_settings.SettingsError,
+    ) as exc:
         print(f"wagi: error: {exc}", file=sys.stderr)
         return 2
 

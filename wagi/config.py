@@ -65,13 +65,114 @@ class Volume:
 
 
 @dataclass(frozen=True)
+class LocalModule:
+    """A module file on this machine (``module = "hello.wasm"``, an absolute path or ``file://``)."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+@dataclass(frozen=True)
+class OciModule:
+    """A module published as an OCI artifact: ``oci://registry:5000/team/hello:1.0``.
+
+    Parsing only names it; :mod:`wagi.sources` pulls it at start-up (``wagi check``),
+    verifies it and sets ``path`` to the verified copy in the cache. A ``digest``
+    pins the exact bytes; a ``tag`` alone is resolved to a digest at each start-up
+    and reload.
+    """
+
+    registry: str
+    """``host`` or ``host:port``, as written (no default registry)."""
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+    """``sha256:<64 hex digits>``: the manifest's digest."""
+    path: Path | None = None
+    """The pulled, verified module file; ``None`` until :mod:`wagi.sources` resolves it."""
+
+    @property
+    def reference(self) -> str:
+        """``registry/repository[:tag][@digest]``, the usual way registries write it."""
+        tail = (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
+        return f"{self.registry}/{self.repository}{tail}"
+
+    @property
+    def name(self) -> str:
+        return str(self)
+
+    def __str__(self) -> str:
+        return f"oci://{self.reference}"
+
+
+ModuleSource = LocalModule | OciModule
+"""Where a module comes from; :mod:`wagi.sources` turns either into a local file."""
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_REGISTRY = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?")
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY = re.compile(f"{_PATH_PART}(?:/{_PATH_PART})*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
+_OCI_FORMS = "oci://HOST[:PORT]/REPOSITORY:TAG or oci://HOST[:PORT]/REPOSITORY@sha256:DIGEST"
+
+
+def parse_oci_reference(raw: str) -> OciModule:
+    """``oci://host:5000/team/hello:1.0`` (or WAGI 0.8's ``oci:host/team/hello:1.0``) -> OciModule.
+
+    The registry is always written out (there is no default registry); a tag or a
+    digest is required (no implicit ``latest``); only sha256 digests are accepted.
+    Raises ValueError saying what is wrong. No network: this only reads the string.
+
+    >>> parse_oci_reference("oci://127.0.0.1:5000/team/hello:1.0").repository
+    'team/hello'
+    """
+    if raw.startswith("oci://"):
+        rest = raw[len("oci://") :]
+    elif raw.startswith("oci:") and not raw.startswith("oci:/"):
+        rest = raw[len("oci:") :]
+    else:
+        raise ValueError(f"expected {_OCI_FORMS}, got {raw!r}")
+    registry, slash, name = rest.partition("/")
+    if not slash or not _REGISTRY.fullmatch(registry):
+        raise ValueError(f"expected {_OCI_FORMS} (the registry host comes first), got {raw!r}")
+    name, at, digest = name.partition("@")
+    repository, tag = name, None
+    if ":" in name.rsplit("/", 1)[-1]:
+        repository, _, tag = name.rpartition(":")
+        if not _TAG.fullmatch(tag):
+            raise ValueError(
+                f"{tag!r} is not a valid tag (letters, digits, '_', '.', '-'; "
+                f"at most 128 characters) in {raw!r}"
+            )
+    if not _REPOSITORY.fullmatch(repository):
+        raise ValueError(
+            f"{repository!r} is not a valid repository name (lowercase letters and digits, "
+            f"separated by '.', '_', '__' or '-', in '/'-separated parts) in {raw!r}"
+        )
+    if at and not _DIGEST.fullmatch(digest):
+        raise ValueError(
+            f"{digest!r} is not a sha256 digest (sha256: and 64 lowercase hex digits) in {raw!r}"
+        )
+    if tag is None and not at:
+        raise ValueError(f"{raw!r} needs a tag (:1.0) or a digest (@sha256:...)")
+    return OciModule(registry, repository, tag, digest or None)
+
+
+@dataclass(frozen=True)
 class ModuleEntry:
     """One ``[[module]]`` table: what to run for a route."""
 
     index: int
     """Position in the file, from 1; earlier entries win ties between equal routes."""
     route: str
-    module: Path
+    module: ModuleSource
     entrypoint: str = DEFAULT_ENTRYPOINT
     volumes: tuple[Volume, ...] = ()
     environment: tuple[tuple[str, str], ...] = ()
@@ -183,7 +284,7 @@ class _EntryParser:
         return ModuleEntry(
             index=self.index,
             route=route,
-            module=self.module_path(t["module"]),
+            module=self.module_source(t["module"]),
             entrypoint=self.string("entrypoint", DEFAULT_ENTRYPOINT, pattern=_EXPORT_NAME),
             volumes=self.volumes(t.get("volumes", {})),
             environment=self.environment(t.get("environment", {})),
@@ -218,8 +319,17 @@ class _EntryParser:
                 raise self.error(key, f"only local file:// URLs are supported, got {raw!r}")
             raw = unquote(parts.path)
         elif "://" in raw:
-            raise self.error(key, f"only plain paths and file:// URLs are supported, got {raw!r}")
+            what = "file:// URLs and oci:// references" if key == "module" else "file:// URLs"
+            raise self.error(key, f"only plain paths, {what} are supported, got {raw!r}")
         return (self.base_dir / raw).resolve()
+
+    def module_source(self, raw: Any) -> ModuleSource:
+        if isinstance(raw, str) and raw.startswith("oci:"):
+            try:
+                return parse_oci_reference(raw)
+            except ValueError as exc:
+                raise self.error("module", str(exc)) from None
+        return LocalModule(self.module_path(raw))
 
     def module_path(self, raw: Any) -> Path:
         path = self.resolve("module", raw)

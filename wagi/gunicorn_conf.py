@@ -7,8 +7,11 @@ per-module timeout (which answers 504 itself).
 The hooks keep engines out of the master (SPEC section 1): ``on_starting``
 (and ``on_reload``, for SIGHUP) checks the configuration and compiles every
 module in a separate, freshly started process (``wagi check``), filling the
-shared artifact cache; ``post_worker_init`` builds each worker's engine and
-routing table from it.
+shared artifact cache and pulling modules from OCI registries;
+``post_worker_init`` builds each worker's engine and routing table from it. The
+digests the check resolved OCI tags to reach the workers spawned next through
+``WAGI_OCI_PINS`` in the master's environment, so they load exactly the bytes
+that were checked, and a refused reload leaves them as they were.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 bind = os.environ.get("WAGI_BIND", "127.0.0.1:3000")
@@ -69,18 +74,30 @@ def on_reload(server: Any) -> None:
 
 
 def check_configuration(server: Any) -> str | None:
-    """Check and precompile in a fresh helper process (``wagi check``); the problem, if any."""
-    result = subprocess.run(
-        [sys.executable, "-m", "wagi", "check", "--quiet"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-    )
+    """Check, pull and precompile in a fresh helper process (``wagi check``); the problem, if any.
+
+    When the configuration checks, the OCI pins it resolved become the master's
+    ``WAGI_OCI_PINS``, which the workers spawned from now on inherit.
+    """
+    from wagi.sources import PINS_ENV
+
+    with tempfile.TemporaryDirectory(prefix="wagi-check-") as tmp:
+        pins_file = Path(tmp) / "pins.json"
+        result = subprocess.run(
+            [sys.executable, "-m", "wagi", "check", "--quiet", "--pins-file", str(pins_file)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+        )
+        pins = pins_file.read_text() if result.returncode == 0 else ""
     if result.returncode != 0:
         return "\n" + (result.stderr or result.stdout).strip()
     for line in result.stdout.strip().splitlines():
         server.log.info("%s", line)
-    return timeout_problem(server.cfg.timeout)
+    problem = timeout_problem(server.cfg.timeout)
+    if problem is None:
+        os.environ[PINS_ENV] = pins
+    return problem
 
 
 def timeout_problem(worker_timeout: float) -> str | None:

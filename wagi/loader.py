@@ -2,7 +2,9 @@
 
 A module file replaced on disk is picked up by the next request without a
 restart: each lookup compares the file's identity (inode, size, mtime) with the
-one it was compiled from, a single ``stat`` call.
+one it was compiled from, a single ``stat`` call. A module pulled from an OCI
+registry is a content-addressed file in the cache (:mod:`wagi.sources`), which
+never changes: only a reload (which pulls again) serves another version.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from wagi.engines.base import Engine, LoadedModule
+from wagi.config import ModuleSource
+from wagi.engines.base import Engine, EngineError, LoadedModule
 
 
 class ModuleLoader:
@@ -18,8 +21,11 @@ class ModuleLoader:
         self.engine = engine
         self._modules: dict[Path, tuple[tuple[int, int, int], LoadedModule]] = {}
 
-    def get(self, path: Path) -> LoadedModule:
-        """The compiled module for ``path``; raises EngineError or OSError if it cannot load."""
+    def get(self, source: ModuleSource) -> LoadedModule:
+        """The compiled module for ``source``; raises EngineError or OSError if it cannot load."""
+        path = source.path
+        if path is None:
+            raise EngineError(f"{source} has not been pulled (wagi check pulls it at start-up)")
         st = os.stat(path)
         identity = (st.st_ino, st.st_size, st.st_mtime_ns)
         cached = self._modules.get(path)

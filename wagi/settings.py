@@ -99,6 +99,22 @@ def _parse_hops(value: str) -> int:
     return hops
 
 
+def _parse_plain_http(value: str) -> str:
+    """``"loopback, reg.lan:5000"`` -> ``"loopback,reg.lan:5000"``; ``""`` or ``none``: none."""
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if items == ["none"]:
+        return ""
+    for item in items:
+        if item != "loopback" and not re.fullmatch(
+            r"[A-Za-z0-9.-]+(:\d+)?|\[[0-9A-Fa-f:.]+\](:\d+)?", item
+        ):
+            raise ValueError(
+                f"expected registries as HOST[:PORT] separated by commas, or 'loopback', "
+                f"got {item!r}"
+            )
+    return ",".join(items)
+
+
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "wagi"
@@ -169,7 +185,8 @@ SETTINGS: Sequence[Setting] = (
     Setting(
         "cache_dir",
         "--cache-dir",
-        "Directory of compiled modules shared by the workers ('' disables the cache).",
+        "Directory of compiled modules and pulled OCI modules shared by the workers "
+        "('' disables the cache, and OCI modules with it).",
         _default_cache_dir(),
         _parse_optional_path,
         metavar="DIR",
@@ -228,6 +245,25 @@ SETTINGS: Sequence[Setting] = (
         _parse_hops,
         metavar="N",
     ),
+    Setting(
+        "oci_ca_file",
+        "--oci-ca-file",
+        "PEM file of the certificate authorities trusted for OCI registries over HTTPS, "
+        "instead of the system's.",
+        None,
+        _parse_optional_path,
+        metavar="PATH",
+    ),
+    Setting(
+        "oci_plain_http",
+        "--oci-plain-http",
+        "OCI registries reached over plain HTTP instead of HTTPS: HOST[:PORT] separated by "
+        "commas, and 'loopback' for any on localhost, 127.0.0.0/8 or ::1 (as docker does); "
+        "'none' for HTTPS everywhere.",
+        "loopback",
+        _parse_plain_http,
+        metavar="REGISTRIES",
+    ),
 )
 
 
@@ -250,6 +286,8 @@ class ServerSettings:
     max_body: int
     max_response: int
     trusted_proxy_hops: int
+    oci_ca_file: Path | None
+    oci_plain_http: str
 
 
 assert [s.name for s in SETTINGS] == [f.name for f in fields(ServerSettings)]
@@ -266,9 +304,14 @@ def _parse(setting: Setting, raw: str, source: str) -> Any:
         raise SettingsError(f"{source}: {exc}") from None
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per setting; unset flags stay ``None`` so the environment can fill them."""
+def add_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    """Add one flag per setting (or per setting named in ``only``).
+
+    Unset flags stay ``None`` so the environment can fill them.
+    """
     for setting in SETTINGS:
+        if only is not None and setting.name not in only:
+            continue
         parser.add_argument(
             setting.flag,
             dest=setting.name,

@@ -5,7 +5,9 @@ Importing this module reads the ``WAGI_*`` settings and parses
 ``--preload`` the import happens in the gunicorn master, which must never
 compile. The engine, the compiled modules and the routing table are created
 in each worker, by the ``post_worker_init`` hook of ``gunicorn.conf.py`` or at
-the first request otherwise.
+the first request otherwise. Modules from an OCI registry are found in the
+cache, never pulled here: ``wagi check`` pulled them, and the master passed on
+the digests its tags resolved to (:mod:`wagi.sources`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 from wagi import settings as wagi_settings
 from wagi.config import Config, load_config
 from wagi.gateway import Gateway
+from wagi.sources import pins_from_environ, resolve_modules
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -38,7 +41,8 @@ class WagiApp:
                 wagi_log.handlers = gunicorn_log.handlers
                 wagi_log.setLevel(gunicorn_log.level)
                 wagi_log.propagate = False
-            self.gateway = Gateway.create(self.settings, self.config, serving=True)
+            config = resolve_modules(self.config, self.settings.cache_dir, pins_from_environ())
+            self.gateway = Gateway.create(self.settings, config, serving=True)
         return self.gateway
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
