@@ -19,7 +19,14 @@ from werkzeug.test import EnvironBuilder
 
 from wagi import __version__
 from wagi import settings as wagi_settings
-from wagi.config import Config, ConfigError, load_config, parse_oci_reference
+from wagi.config import (
+    Config,
+    ConfigError,
+    LocalModule,
+    OciModule,
+    load_config,
+    parse_oci_reference,
+)
 from wagi.engines import EngineChoice, EngineUnavailable, choose_engine
 from wagi.gateway import CgiHttpResponse, Gateway
 from wagi.handlers import StartupError
@@ -126,12 +133,15 @@ def check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shown_path(module: Path, config: Path) -> str:
-    """A module's path as the table shows it: relative to modules.toml where it is below it."""
-    try:
-        return str(module.relative_to(config.resolve().parent))
-    except ValueError:
+def _shown_path(module: LocalModule | OciModule, config: Path) -> str:
+    """A module as the table shows it: a local file relative to modules.toml where it is
+    below it, an OCI module by its reference."""
+    if not isinstance(module, LocalModule):
         return str(module)
+    try:
+        return str(module.path.relative_to(config.resolve().parent))
+    except ValueError:
+        return str(module.path)
 
 
 def run(args: argparse.Namespace) -> int:
