@@ -282,7 +282,9 @@ class WasmerEngine(Engine):
         self._cache = cache or ArtifactCache(None)
         self._unconfined_volumes = unconfined_volumes
         self._scrubber: Any = None
-        self._devnull: int | None = None
+        # Opened now, not at the first run: a thread confined by the kernel wall after
+        # creating the engine and loading its modules may open no path at all.
+        self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._poisoned = ""
         self.stale_stdin_bytes = 0
         """Stdin bytes guests left unread, scrubbed before the next run (for tests/metrics)."""
@@ -528,7 +530,7 @@ class WasmerEngine(Engine):
             # Python's own buffered output must not land in a capture.
             with suppress(AttributeError, OSError, ValueError):
                 stream.flush()
-        devnull = self._devnull_fd()
+        devnull = self._devnull
         saved = [os.dup(fd) for fd in (0, 1, 2)]
         try:
             os.dup2(stdin_fd, 0)
@@ -544,12 +546,6 @@ class WasmerEngine(Engine):
             for fd, copy in enumerate(saved):
                 os.dup2(copy, fd)
                 os.close(copy)
-
-    def _devnull_fd(self) -> int:
-        if self._devnull is None:
-            fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-            self._devnull = fd
-        return self._devnull
 
     def _scrub(self) -> None:
         """Empty Rust's stdin buffer and stdout LineWriter (fds 0 and 1 are /dev/null now).
