@@ -20,9 +20,9 @@ from werkzeug.wrappers import Response
 from wagi import __version__
 from wagi import settings as wagi_settings
 from wagi.config import Config, ConfigError, load_config
-from wagi.engines import EngineChoice, EngineUnavailable, choose_engine
 from wagi.gateway import Gateway
 from wagi.handlers import StartupError
+from wagi.policy import EngineChoice, EngineUnavailable, choose_engine
 
 DESCRIPTION = "wagi: run WebAssembly (WASI) modules as CGI handlers behind gunicorn."
 

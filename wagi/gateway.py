@@ -26,14 +26,16 @@ from werkzeug.wrappers import Request, Response
 from wagi.cgi_request import build_argv, cgi_variables, raw_path_and_query
 from wagi.cgi_response import BadCgiResponse, parse_cgi_response
 from wagi.config import Config
-from wagi.engines import EngineChoice, choose_engine, create_engine
-from wagi.engines.base import Ending, Engine, EngineError, Invocation, RunResult
+from wagi.engines import create_engine
+from wagi.engines.base import Ending, Engine, EngineBroken, EngineError, Invocation, RunResult
 from wagi.handlers import Handler, build_routing_table, invocation_for
 from wagi.loader import ModuleLoader
 from wagi.module_log import ModuleLog
+from wagi.policy import EngineChoice, choose_engine
 from wagi.routing import RoutingTable
 from wagi.settings import ServerSettings
-from wagi.watchdog import Watchdog
+from wagi.watchdog import Watchdog, WatchdogGone
+from wagi.worker_health import Unfit, WorkerHealth
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("wagi")
 
 HEALTH_PATH = "/healthz"
+TIMEOUT_MESSAGE = "the module timed out"
+UNFIT_MESSAGE = "this worker can no longer run modules and is being replaced; try again"
 
 
 class CgiHttpResponse(Response):
@@ -62,6 +66,17 @@ def error_response(status: int, message: str = "") -> Response:
     """A short plain-text error: what went wrong, never the internals (those go to the log)."""
     text = status_line(status) + (f": {message}" if message else "") + "\n"
     return Response(text, status=status_line(status), content_type="text/plain; charset=utf-8")
+
+
+def http_bytes(response: Response) -> bytes:
+    """``response`` as HTTP/1.1 bytes on the wire, ending the connection (for the watchdog)."""
+    head = [f"HTTP/1.1 {response.status}", *(f"{k}: {v}" for k, v in response.headers.items())]
+    head.append("Connection: close")
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.get_data()
+
+
+def broken_engine(why: str) -> str:
+    return f"its engine is broken ({why})" if why else ""
 
 
 def read_body(request: Request, limit: int) -> bytes:
@@ -92,6 +107,7 @@ class Gateway:
         self.table = table
         self.module_log = module_log
         self.watchdog: Watchdog | None = None
+        self.health = WorkerHealth(replace=False)
         self.wsgi_app: Any = self.app
         if settings.trusted_proxy_hops:
             hops = settings.trusted_proxy_hops
@@ -114,12 +130,19 @@ class Gateway:
         """
         if choice is None:
             choice = choose_engine(settings.engine, config, settings.max_memory)
-        watchdog = Watchdog() if serving and not choice.capabilities.interruptible else None
+        watchdog = None
+        if serving and not choice.capabilities.interruptible:
+            watchdog = Watchdog(http_bytes(error_response(504, TIMEOUT_MESSAGE)))
         engine = create_engine(choice.name, settings.cache_dir)
         loader = ModuleLoader(engine)
         table = build_routing_table(config, engine, loader, settings)
         gateway = cls(settings, engine, loader, table, ModuleLog(settings.log_dir))
         gateway.watchdog = watchdog
+        # A worker that can no longer run modules is replaced (wagi.worker_health).
+        gateway.health = WorkerHealth(replace=serving)
+        gateway.health.watch(lambda: broken_engine(engine.broken))
+        if watchdog is not None:
+            gateway.health.watch(watchdog.problem)
         return gateway
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -133,6 +156,8 @@ class Gateway:
     def respond(self, request: Request) -> Response:
         raw_path, query = raw_path_and_query(request.environ)
         if raw_path == HEALTH_PATH and request.method in ("GET", "HEAD"):
+            if self.health.problem():
+                return error_response(503, UNFIT_MESSAGE)
             return Response("OK", content_type="text/plain; charset=utf-8")
         match = self.table.match(raw_path)
         if match is None:
@@ -164,6 +189,8 @@ class Gateway:
         invocation = invocation_for(handler, argv, cgi_env, body)
         try:
             result = self.run(module, invocation, request.environ.get("gunicorn.socket"), route)
+        except Unfit:
+            return error_response(503, UNFIT_MESSAGE)
         except EngineError as exc:
             logger.error("[%s] cannot run %s: %s", route, handler.entry.module, exc)
             return error_response(500, "the module could not be started")
@@ -171,20 +198,42 @@ class Gateway:
         return self.to_response(route, result)
 
     def run(self, module: Any, invocation: Invocation, client: Any, route: str) -> RunResult:
+        """Run ``module``, under the watchdog if the engine needs one.
+
+        Raises :class:`~wagi.worker_health.Unfit` when this worker can no longer run
+        modules (the worker is then being replaced).
+        """
+        if problem := self.health.problem():
+            raise Unfit(problem)
         watchdog = self.watchdog
         timeout = invocation.limits.timeout
         if watchdog is None or timeout is None or not isinstance(client, socket.socket):
-            return self.engine.run(module, invocation)
-        watchdog.arm(client, timeout, route)
+            return self._run_engine(module, invocation)
+        try:
+            watchdog.arm(client, timeout, route)
+        except WatchdogGone as exc:
+            self.health.unfit(str(exc))
+            raise Unfit(str(exc)) from None
+        try:
+            result = self._run_engine(module, invocation)
+        finally:
+            try:
+                watchdog.disarm()
+            except WatchdogGone as exc:  # died during the run: this result still stands
+                self.health.unfit(str(exc))
+        return result
+
+    def _run_engine(self, module: Any, invocation: Invocation) -> RunResult:
         try:
             return self.engine.run(module, invocation)
-        finally:
-            watchdog.disarm()
+        except EngineBroken as exc:
+            self.health.unfit(broken_engine(str(exc)))
+            raise Unfit(str(exc)) from None
 
     def to_response(self, route: str, result: RunResult) -> Response:
         if result.ending is Ending.TIMED_OUT:
             logger.error("[%s] timed out after %ss", route, result.detail or "its timeout")
-            return error_response(504, "the module timed out")
+            return error_response(504, TIMEOUT_MESSAGE)
         if result.ending is Ending.OUTPUT_TOO_LARGE:
             logger.error("[%s] wrote more than %d bytes", route, self.settings.max_response)
             return error_response(500, "the module's response was too large")
