@@ -22,7 +22,7 @@ from wagi import settings as wagi_settings
 from wagi.config import Config, ConfigError, load_config
 from wagi.gateway import Gateway
 from wagi.handlers import StartupError
-from wagi.policy import EngineChoice, EngineUnavailable, choose_engine
+from wagi.policy import EngineChoice, EngineUnavailable, choose_engine, worker_problem
 
 DESCRIPTION = "wagi: run WebAssembly (WASI) modules as CGI handlers behind gunicorn."
 
@@ -73,6 +73,15 @@ def _parser() -> argparse.ArgumentParser:
         "the cache) and print the routing table, most specific route first.",
     )
     check.add_argument("--quiet", action="store_true", help="print only the summary")
+    check.add_argument(
+        "--worker-class",
+        default="sync",
+        metavar="CLASS",
+        help="gunicorn worker class to check the engine against [sync]",
+    )
+    check.add_argument(
+        "--threads", type=int, default=1, metavar="N", help="gunicorn threads per worker [1]"
+    )
     wagi_settings.add_arguments(check)
     return parser
 
@@ -86,6 +95,9 @@ def _load(args: argparse.Namespace) -> tuple[wagi_settings.ServerSettings, Confi
 
 def check(args: argparse.Namespace) -> int:
     server_settings, config, choice = _load(args)
+    problem = worker_problem(choice, args.worker_class, args.threads)
+    if problem:
+        raise EngineUnavailable(problem)
     gateway = Gateway.create(server_settings, config, choice)
     routes = gateway.table.routes()
     print(

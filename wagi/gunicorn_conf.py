@@ -69,9 +69,17 @@ def on_reload(server: Any) -> None:
 
 
 def check_configuration(server: Any) -> str | None:
-    """Check and precompile in a fresh helper process (``wagi check``); the problem, if any."""
+    """Check and precompile in a fresh helper process (``wagi check``); the problem, if any.
+
+    The helper also checks gunicorn's worker class and threads against the engine
+    (:func:`wagi.policy.worker_problem`): the master imports no engine package.
+    """
+    cfg = server.cfg
     result = subprocess.run(
-        [sys.executable, "-m", "wagi", "check", "--quiet"],
+        [
+            *(sys.executable, "-m", "wagi", "check", "--quiet"),
+            *("--worker-class", cfg.worker_class_str, "--threads", str(cfg.threads)),
+        ],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -80,34 +88,24 @@ def check_configuration(server: Any) -> str | None:
         return "\n" + (result.stderr or result.stdout).strip()
     for line in result.stdout.strip().splitlines():
         server.log.info("%s", line)
-    return gunicorn_settings_problem(
-        server.cfg.timeout, server.cfg.worker_class_str, server.cfg.threads
-    )
+    return timeout_problem(server.cfg.timeout)
 
 
-def gunicorn_settings_problem(worker_timeout: float, worker_class: str, threads: int) -> str | None:
-    """What in gunicorn's own settings cannot serve this configuration, if anything.
-
-    gunicorn must not kill a worker for silence before wagi answers 504 for its module,
-    and its worker class must be one the engine can serve (:func:`wagi.policy.worker_problem`).
-    Choosing the engine only imports its package: safe here in the master.
-    """
+def timeout_problem(worker_timeout: float) -> str | None:
+    """gunicorn must not kill a worker for silence before wagi answers 504 for its module."""
     from wagi import settings as wagi_settings
     from wagi.config import load_config
-    from wagi.policy import choose_engine, worker_problem
 
     server_settings = wagi_settings.load()
     config = load_config(server_settings.config)
     longest = max([server_settings.timeout] + [m.timeout for m in config.modules if m.timeout])
-    if longest >= worker_timeout:
-        return (
-            f"a module may run for {longest:g}s but gunicorn's worker timeout is "
-            f"{worker_timeout:g}s; raise gunicorn's worker timeout above it "
-            f"(-t {int(longest) + 30}; with wagi serve, --timeout is the module timeout) "
-            "or lower the module timeouts"
-        )
-    choice = choose_engine(server_settings.engine, config, server_settings.max_memory)
-    return worker_problem(choice, worker_class, threads)
+    if longest < worker_timeout:
+        return None
+    return (
+        f"a module may run for {longest:g}s but gunicorn's worker timeout is {worker_timeout:g}s; "
+        f"raise gunicorn's worker timeout above it (-t {int(longest) + 30}; with wagi serve, "
+        "--timeout is the module timeout) or lower the module timeouts"
+    )
 
 
 def post_worker_init(worker: Any) -> None:

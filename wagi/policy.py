@@ -138,6 +138,8 @@ def worker_problem(choice: EngineChoice, worker_class: str, threads: int) -> str
     their event loop, and green threads never let wagi's timeouts fire.
     """
     kind = worker_kind(worker_class)
+    if kind == "sync" and threads > 1:
+        kind = "gthread"  # what gunicorn runs for the sync worker with --threads above 1
     if kind is None:
         return (
             f"gunicorn's worker class {worker_class!r} cannot run modules: wagi runs under "
