@@ -207,7 +207,8 @@ def restrict_current_thread(rules: Iterable[PathRule], *, deny_network: bool) ->
     Abstract unix sockets and signals are scoped to the thread's domain (ABI 6+).
 
     Raises :class:`WallError`, without confining anything, when Landlock is not
-    available or a rule's path cannot be opened.
+    available or a rule's path cannot be opened (if the last step, enforcing, fails,
+    the thread may already have ``no_new_privs`` set, which confines nothing).
     """
     started = time.perf_counter()
     available = availability()
