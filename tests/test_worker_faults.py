@@ -47,7 +47,10 @@ needs_wasmer = pytest.mark.skipif(
 def refused_start(tmp_path: Path, config: Path, engine: str, *args: str) -> str:
     """Start gunicorn on settings it must refuse; its log, once it has exited."""
     server = start_gunicorn(tmp_path, config, engine, gunicorn_args=args, wait=False)
-    assert server.process.wait(timeout=60) != 0
+    try:
+        assert server.process.wait(timeout=60) != 0
+    finally:
+        server.stop()  # a server that did start must not outlive the test
     log = server.log()
     assert "Booting worker" not in log
     return log
