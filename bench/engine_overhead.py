@@ -42,8 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from wagi.engines import ENGINE_NAMES, choose_engine, create_engine, importable  # noqa: E402
+from wagi.engines import ENGINE_NAMES, create_engine, importable  # noqa: E402
 from wagi.engines.base import Engine, Invocation, LoadedModule  # noqa: E402
+from wagi.policy import choose_engine  # noqa: E402
 
 DEFAULT_MODULE = ROOT / "samples" / "hello.wat"
 DEFAULT_RUNS = 2000

@@ -59,7 +59,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from wagi.config import load_config  # noqa: E402
-from wagi.engines import ENGINE_NAMES, choose_engine, importable  # noqa: E402
+from wagi.engines import ENGINE_NAMES, importable  # noqa: E402
+from wagi.policy import choose_engine  # noqa: E402
 
 HOST = "127.0.0.1"
 CONFIG = "bench/modules.toml"

@@ -99,7 +99,9 @@ def start_gunicorn(
     workers: int = 2,
     bind: str | None = None,
     wait: bool = True,
+    wrapper: tuple[str, ...] = (),
 ) -> Server:
+    """A gunicorn serving ``config``; ``wrapper`` prefixes the command (``prlimit --as=N``)."""
     port = free_port()
     bind = bind or f"127.0.0.1:{port}"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -111,6 +113,7 @@ def start_gunicorn(
         **(extra_env or {}),
     }
     command = [
+        *wrapper,
         sys.executable,
         "-m",
         "gunicorn",

@@ -18,6 +18,7 @@ pytest.importorskip("wasmer")
 pytest.importorskip("wasmer_compiler_cranelift")
 wasmtime = pytest.importorskip("wasmtime")
 
+from wagi.engines import importable  # noqa: E402
 from wagi.engines.base import (  # noqa: E402
     Ending,
     EngineError,
@@ -31,7 +32,6 @@ from wagi.engines.wasmer_engine import (  # noqa: E402
     _SEAL_SLACK,
     WasmerEngine,
     WasmerModule,
-    available,
 )
 
 W = '"wasi_snapshot_preview1"'
@@ -106,7 +106,7 @@ def load(tmp_path: Path, engine: WasmerEngine) -> Callable[[str], WasmerModule]:
 
 
 def test_available_and_identity(engine: WasmerEngine) -> None:
-    ok, why = available()
+    ok, why = importable("wasmer")
     assert ok, why
     assert engine.name == "wasmer"
     assert engine.version == __import__("wasmer").__version__

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from wagi.config import load_config
-from wagi.engines import ENGINE_NAMES, refusals
+from wagi.engines import ENGINE_NAMES
+from wagi.policy import refusals
 
 from .conftest import ENGINES, Server, write_config
 

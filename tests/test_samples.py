@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from wagi.config import load_config
-from wagi.engines import refusals
+from wagi.policy import refusals
 
 from .conftest import ENGINES, SAMPLES, Server, start_gunicorn, write_config
 

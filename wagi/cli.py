@@ -27,9 +27,9 @@ from wagi.config import (
     load_config,
     parse_oci_reference,
 )
-from wagi.engines import EngineChoice, EngineUnavailable, choose_engine
 from wagi.gateway import CgiHttpResponse, Gateway
 from wagi.handlers import StartupError
+from wagi.policy import EngineChoice, EngineUnavailable, choose_engine, worker_problem
 from wagi.sources import SourceError, pull_modules, push_module
 
 DESCRIPTION = "wagi: run WebAssembly (WASI) modules as CGI handlers behind gunicorn."
@@ -88,6 +88,15 @@ def _parser() -> argparse.ArgumentParser:
         help="write the digest each OCI tag was resolved to, as JSON, to PATH (gunicorn's "
         "hooks pass it on to the workers, so they load exactly what was checked)",
     )
+    check.add_argument(
+        "--worker-class",
+        default="sync",
+        metavar="CLASS",
+        help="gunicorn worker class to check the engine against [sync]",
+    )
+    check.add_argument(
+        "--threads", type=int, default=1, metavar="N", help="gunicorn threads per worker [1]"
+    )
     wagi_settings.add_arguments(check)
 
     push = commands.add_parser(
@@ -112,6 +121,9 @@ def _load(args: argparse.Namespace) -> tuple[wagi_settings.ServerSettings, Confi
 
 def check(args: argparse.Namespace) -> int:
     server_settings, config, choice = _load(args)
+    problem = worker_problem(choice, args.worker_class, args.threads)
+    if problem:
+        raise EngineUnavailable(problem)
     config, pins = pull_modules(config, server_settings)
     if args.pins_file is not None:
         args.pins_file.write_text(json.dumps(pins, indent=1, sort_keys=True) + "\n")

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from wagi.settings import parse_byte_size, parse_seconds
+from wagi.routing import validate_route
+from wagi.settings import ENV_NAME, parse_byte_size, parse_seconds
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,12 +48,16 @@ _KNOWN_KEYS = frozenset(
         "repository",
     }
 )
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _EXPORT_NAME = re.compile(r"[^\s]+")
 
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message says where and why."""
+
+
+def entry_label(index: int, route: object = None) -> str:
+    """How every message names an entry: ``[[module]] #2 (route '/x')``."""
+    return f"[[module]] #{index}" + (f" (route {route!r})" if isinstance(route, str) else "")
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,11 @@ class ModuleEntry:
     timeout: float | None = None
     max_memory: int | None = None
 
+    @property
+    def label(self) -> str:
+        """``[[module]] #2 (route '/x')``, for messages (prefix the file's path)."""
+        return entry_label(self.index, self.route)
+
 
 @dataclass(frozen=True)
 class Config:
@@ -187,18 +197,6 @@ class Config:
 
     path: Path
     modules: tuple[ModuleEntry, ...]
-
-
-def validate_route(route: str) -> str:
-    """Return ``route`` if it is ``/exact`` or ``/prefix/...``; raise ValueError otherwise."""
-    if not isinstance(route, str) or not route.startswith("/"):
-        raise ValueError(f"a route must start with '/', got {route!r}")
-    if any(c.isspace() for c in route) or "?" in route or "#" in route:
-        raise ValueError(f"a route cannot contain spaces, '?' or '#', got {route!r}")
-    base = route[: -len("/...")] if route.endswith("/...") else route
-    if "..." in base:
-        raise ValueError(f"'...' may only end a route, as in '/path/...', got {route!r}")
-    return route
 
 
 def load_config(path: Path | str) -> Config:
@@ -236,8 +234,8 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         entry = _EntryParser(path, base_dir, index, table).parse()
         if entry.route in seen:
             raise ConfigError(
-                f"{path}: [[module]] #{index} (route {entry.route!r}), key 'route': duplicate "
-                f"route, already declared by [[module]] #{seen[entry.route]}"
+                f"{path}: {entry.label}, key 'route': duplicate "
+                f"route, already declared by {entry_label(seen[entry.route])}"
             )
         seen[entry.route] = index
         entries.append(entry)
@@ -250,10 +248,7 @@ class _EntryParser:
         self.base_dir = base_dir
         self.index = index
         self.table = table
-        route = table.get("route")
-        self.where = f"{path}: [[module]] #{index}" + (
-            f" (route {route!r})" if isinstance(route, str) else ""
-        )
+        self.where = f"{path}: {entry_label(index, table.get('route'))}"
 
     def error(self, key: str, message: str) -> ConfigError:
         return ConfigError(f"{self.where}, key {key!r}: {message}")
@@ -377,7 +372,7 @@ class _EntryParser:
             raise self.error("environment", 'expected a table such as { NAME = "value" }')
         pairs = []
         for name, value in raw.items():
-            if not _ENV_NAME.fullmatch(name):
+            if not ENV_NAME.fullmatch(name):
                 raise self.error("environment", f"{name!r} is not a valid variable name")
             if not isinstance(value, str):
                 raise self.error("environment", f"{name}: expected a string, got {value!r}")
@@ -398,7 +393,7 @@ def load_env_file(path: Path) -> tuple[tuple[str, str], ...]:
             continue
         name, sep, value = stripped.partition("=")
         name = name.strip()
-        if not sep or not _ENV_NAME.fullmatch(name):
+        if not sep or not ENV_NAME.fullmatch(name):
             raise ConfigError(f"{path}:{number}: expected NAME=value, got {line!r}")
         pairs.append((name, value))
     return tuple(pairs)

@@ -35,15 +35,17 @@ from werkzeug.wrappers import Request, Response
 from wagi.cgi_request import build_argv, cgi_variables, raw_path_and_query
 from wagi.cgi_response import BadCgiResponse, parse_cgi_response, parse_head, split_head
 from wagi.config import Config
-from wagi.engines import EngineChoice, choose_engine, create_engine
-from wagi.engines.base import Ending, Engine, EngineError, Invocation, RunResult
+from wagi.engines import create_engine
+from wagi.engines.base import Ending, Engine, EngineBroken, EngineError, Invocation, RunResult
 from wagi.handlers import Handler, build_routing_table, invocation_for
 from wagi.loader import ModuleLoader
 from wagi.module_log import ModuleLog
+from wagi.policy import EngineChoice, choose_engine
 from wagi.routing import RoutingTable
 from wagi.runner import Job, RunnerPool
 from wagi.settings import ServerSettings
-from wagi.watchdog import Watchdog
+from wagi.watchdog import Watchdog, WatchdogGone
+from wagi.worker_health import Unfit, WorkerHealth
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -54,6 +56,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("wagi")
 
 HEALTH_PATH = "/healthz"
+TIMEOUT_MESSAGE = "the module timed out"
+UNFIT_MESSAGE = "this worker can no longer run modules and is being replaced; try again"
 
 STREAM_AFTER = 0.005
 """Seconds a module's output is held back (see ``Invocation.stream_after``): a module
@@ -91,6 +95,17 @@ def error_response(status: int, message: str = "") -> Response:
     return Response(text, status=status_line(status), content_type="text/plain; charset=utf-8")
 
 
+def http_bytes(response: Response) -> bytes:
+    """``response`` as HTTP/1.1 bytes on the wire, ending the connection (for the watchdog)."""
+    head = [f"HTTP/1.1 {response.status}", *(f"{k}: {v}" for k, v in response.headers.items())]
+    head.append("Connection: close")
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.get_data()
+
+
+def broken_engine(why: str) -> str:
+    return f"its engine is broken ({why})" if why else ""
+
+
 def read_body(request: Request, limit: int) -> bytes:
     """The request body, at most ``limit`` bytes; larger bodies raise RequestEntityTooLarge."""
     request.max_content_length = limit
@@ -120,6 +135,7 @@ class Gateway:
         self.module_log = module_log
         self.watchdog: Watchdog | None = None
         self.pools: dict[int, RunnerPool] = {}
+        self.health = WorkerHealth(replace=False)
         self.wsgi_app: Any = self.app
         if settings.trusted_proxy_hops:
             hops = settings.trusted_proxy_hops
@@ -142,12 +158,19 @@ class Gateway:
         """
         if choice is None:
             choice = choose_engine(settings.engine, config, settings.max_memory)
-        watchdog = Watchdog() if serving and not choice.capabilities.interruptible else None
+        watchdog = None
+        if serving and not choice.capabilities.interruptible:
+            watchdog = Watchdog(http_bytes(error_response(504, TIMEOUT_MESSAGE)))
         engine = create_engine(choice.name, settings.cache_dir)
         loader = ModuleLoader(engine)
         table = build_routing_table(config, engine, loader, settings)
         gateway = cls(settings, engine, loader, table, ModuleLog(settings.log_dir))
         gateway.watchdog = watchdog
+        # A worker that can no longer run modules is replaced (wagi.worker_health).
+        gateway.health = WorkerHealth(replace=serving)
+        gateway.health.watch(lambda: broken_engine(engine.broken))
+        if watchdog is not None:
+            gateway.health.watch(watchdog.problem)
         return gateway
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -161,6 +184,8 @@ class Gateway:
     def respond(self, request: Request) -> WsgiResponse:
         raw_path, query = raw_path_and_query(request.environ)
         if raw_path == HEALTH_PATH and request.method in ("GET", "HEAD"):
+            if self.health.problem():
+                return error_response(503, UNFIT_MESSAGE)
             return Response("OK", content_type="text/plain; charset=utf-8")
         if "%00" in raw_path or "\0" in raw_path:
             # PATH_INFO would hold a NUL, which no C string (argv, environment) can carry.
@@ -197,6 +222,8 @@ class Gateway:
             return self.stream(request, handler, module, invocation, route)
         try:
             result = self.run(module, invocation, request.environ.get("gunicorn.socket"), route)
+        except Unfit:
+            return error_response(503, UNFIT_MESSAGE)
         except EngineError as exc:
             logger.error("[%s] cannot run %s: %s", route, handler.entry.module, exc)
             return error_response(500, "the module could not be started")
@@ -278,15 +305,37 @@ class Gateway:
         raise ResponseCut(f"[{route}] {result.ending.value} after {sent} body bytes were sent")
 
     def run(self, module: Any, invocation: Invocation, client: Any, route: str) -> RunResult:
+        """Run ``module``, under the watchdog if the engine needs one.
+
+        Raises :class:`~wagi.worker_health.Unfit` when this worker can no longer run
+        modules (the worker is then being replaced).
+        """
+        if problem := self.health.problem():
+            raise Unfit(problem)
         watchdog = self.watchdog
         timeout = invocation.limits.timeout
         if watchdog is None or timeout is None or not isinstance(client, socket.socket):
-            return self.engine.run(module, invocation)
-        watchdog.arm(client, timeout, route)
+            return self._run_engine(module, invocation)
+        try:
+            watchdog.arm(client, timeout, route)
+        except WatchdogGone as exc:
+            self.health.unfit(str(exc))
+            raise Unfit(str(exc)) from None
+        try:
+            result = self._run_engine(module, invocation)
+        finally:
+            try:
+                watchdog.disarm()
+            except WatchdogGone as exc:  # died during the run: this result still stands
+                self.health.unfit(str(exc))
+        return result
+
+    def _run_engine(self, module: Any, invocation: Invocation) -> RunResult:
         try:
             return self.engine.run(module, invocation)
-        finally:
-            watchdog.disarm()
+        except EngineBroken as exc:
+            self.health.unfit(broken_engine(str(exc)))
+            raise Unfit(str(exc)) from None
 
     def log_ending(self, route: str, result: RunResult, timeout: float | None = None) -> None:
         """One clear line for a run that did not succeed: route, what happened, the limit."""
@@ -318,7 +367,7 @@ class Gateway:
         if ending is not Ending.RETURNED:
             self.log_ending(route, result, timeout)
             if ending is Ending.TIMED_OUT:
-                return error_response(504, "the module timed out")
+                return error_response(504, TIMEOUT_MESSAGE)
             if ending is Ending.OUTPUT_TOO_LARGE:
                 return error_response(500, "the module's response was too large")
             return error_response(500, "the module failed")

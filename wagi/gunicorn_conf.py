@@ -76,15 +76,21 @@ def on_reload(server: Any) -> None:
 def check_configuration(server: Any) -> str | None:
     """Check, pull and precompile in a fresh helper process (``wagi check``); the problem, if any.
 
-    When the configuration checks, the OCI pins it resolved become the master's
-    ``WAGI_OCI_PINS``, which the workers spawned from now on inherit.
+    The helper also checks gunicorn's worker class and threads against the engine
+    (:func:`wagi.policy.worker_problem`): the master imports no engine package. When the
+    configuration checks, the OCI pins it resolved become the master's ``WAGI_OCI_PINS``,
+    which the workers spawned from now on inherit.
     """
     from wagi.sources import PINS_ENV
 
+    cfg = server.cfg
     with tempfile.TemporaryDirectory(prefix="wagi-check-") as tmp:
         pins_file = Path(tmp) / "pins.json"
         result = subprocess.run(
-            [sys.executable, "-m", "wagi", "check", "--quiet", "--pins-file", str(pins_file)],
+            [
+                *(sys.executable, "-m", "wagi", "check", "--quiet", "--pins-file", str(pins_file)),
+                *("--worker-class", cfg.worker_class_str, "--threads", str(cfg.threads)),
+            ],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

@@ -67,7 +67,7 @@ def parse_routes_output(
     entry: ModuleEntry, output: bytes, exports: Iterable[str]
 ) -> list[tuple[str, str]]:
     """``_routes`` prints ``<pattern> <export>`` lines; return (full route, export) pairs."""
-    where = f"{entry.module}: _routes of [[module]] #{entry.index} (route {entry.route!r})"
+    where = f"{entry.module}: _routes of {entry.label}"
     known = set(exports)
     pairs = []
     for number, raw in enumerate(output.decode("utf-8", "replace").splitlines(), start=1):
@@ -100,7 +100,7 @@ def build_routing_table(
         raise StartupError(str(exc)) from None
     routes: list[Route[Handler]] = []
     for entry in config.modules:
-        where = f"{config.path}: [[module]] #{entry.index} (route {entry.route!r})"
+        where = f"{config.path}: {entry.label}"
         try:
             module = loader.get(entry.module)
         except (EngineError, OSError) as exc:

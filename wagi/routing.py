@@ -17,11 +17,26 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from wagi.config import validate_route
-
 H = TypeVar("H")
 
 PREFIX_SUFFIX = "/..."
+"""A route ending in this matches its base and everything below it: ``/a/...``."""
+
+
+def route_base(pattern: str) -> str:
+    """The pattern without its ``/...``: ``/a/...`` -> ``/a``; ``/...`` -> ``""``; ``/a`` stays."""
+    return pattern.removesuffix(PREFIX_SUFFIX)
+
+
+def validate_route(route: str) -> str:
+    """Return ``route`` if it is ``/exact`` or ``/prefix/...``; raise ValueError otherwise."""
+    if not isinstance(route, str) or not route.startswith("/"):
+        raise ValueError(f"a route must start with '/', got {route!r}")
+    if any(c.isspace() for c in route) or "?" in route or "#" in route:
+        raise ValueError(f"a route cannot contain spaces, '?' or '#', got {route!r}")
+    if "..." in route_base(route):
+        raise ValueError(f"'...' may only end a route, as in '/path/...', got {route!r}")
+    return route
 
 
 @dataclass(frozen=True)
@@ -43,7 +58,7 @@ class Route(Generic[H]):
     @property
     def base(self) -> str:
         """The pattern without its ``/...``: the SCRIPT_NAME of every match."""
-        return self.pattern[: -len(PREFIX_SUFFIX)] if self.is_prefix else self.pattern
+        return route_base(self.pattern)
 
     def matches(self, path: str) -> bool:
         if not self.is_prefix:
@@ -58,8 +73,7 @@ class Route(Generic[H]):
 
 def join_subroute(parent: str, pattern: str) -> str:
     """The route of a ``_routes`` line: ``/routes/...`` + ``/hello`` -> ``/routes/hello``."""
-    base = parent[: -len(PREFIX_SUFFIX)] if parent.endswith(PREFIX_SUFFIX) else parent
-    return validate_route(base.rstrip("/") + "/" + pattern.lstrip("/"))
+    return validate_route(route_base(parent).rstrip("/") + "/" + pattern.lstrip("/"))
 
 
 @dataclass(frozen=True)

@@ -74,10 +74,14 @@ def parse_seconds(value: str | float) -> float:
     return seconds
 
 
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+"""A valid environment variable name (``--env``, ``--env-file``, ``environment``)."""
+
+
 def parse_env_pair(value: str) -> tuple[str, str]:
     """``"NAME=value"`` -> ``("NAME", "value")``."""
     name, sep, val = value.partition("=")
-    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+    if not sep or not ENV_NAME.fullmatch(name):
         raise ValueError(f"expected NAME=value, got {value!r}")
     return name, val
 

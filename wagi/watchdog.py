@@ -5,9 +5,19 @@ so no thread of the worker can act on a timeout. The watchdog is a separate,
 freshly exec'd process (never a bare fork: see SPEC section 1) that each worker
 starts once. Before a run the worker hands it a duplicate of the client socket
 and a deadline; after the run it takes them back. If the deadline passes first,
-the watchdog answers the client ``504 Gateway Timeout`` on that socket and kills
-the worker; gunicorn's arbiter then starts a fresh worker, so the timeout costs
-exactly one worker and never another request.
+the watchdog answers the client on that socket and kills the worker; gunicorn's
+arbiter then starts a fresh worker, so the timeout costs exactly one worker and
+never another request.
+
+The answer is the worker's own ``504`` response (built by the gateway, handed
+over once at start). Over TLS (gunicorn's ``--certfile``) the watchdog cannot
+speak: the session's keys live in the worker. It then closes the connection
+without a byte, as gunicorn does when it kills a silent worker; the client sees
+the connection end with no response (behind nginx, nginx answers 502).
+
+If the watchdog itself dies (an OOM kill), :meth:`Watchdog.problem` says so and
+:meth:`Watchdog.arm` raises :class:`WatchdogGone`: the worker can no longer
+bound a module's time and must be replaced (:mod:`wagi.worker_health`).
 """
 
 from __future__ import annotations
@@ -16,24 +26,20 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 
-TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 504 Gateway Timeout\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: 42\r\n"
-    b"Connection: close\r\n"
-    b"\r\n"
-    b"504 Gateway Timeout: the module timed out\n"
-)
-assert len(TIMEOUT_RESPONSE.split(b"\r\n\r\n", 1)[1]) == 42
+
+class WatchdogGone(Exception):
+    """The watchdog process is gone; the message says how."""
 
 
 class Watchdog:
     """The worker's side: :meth:`arm` before a run, :meth:`disarm` after it."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_answer: bytes) -> None:
+        """``timeout_answer``: the whole HTTP response to send a client past its deadline."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = ours
         self._process = subprocess.Popen(
@@ -43,15 +49,45 @@ class Watchdog:
             close_fds=True,
         )
         theirs.close()
+        self._sock.send(b"answer " + timeout_answer)
+
+    def problem(self) -> str:
+        """Why the watchdog cannot guard runs any more, or ``""`` (one ``waitpid``, no block)."""
+        code = self._process.poll()
+        if code is None:
+            return ""
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        return f"its timeout watchdog (pid {self._process.pid}) is gone ({how})"
+
+    def _gone(self) -> WatchdogGone:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(timeout=1)  # it closed its end: it is exiting or gone
+        return WatchdogGone(self.problem() or "its timeout watchdog stopped answering")
 
     def arm(self, client: socket.socket, seconds: float, route: str) -> None:
-        """Answer 504 on ``client`` and end this worker unless disarmed within ``seconds``."""
-        socket.send_fds(self._sock, [f"arm {seconds} {route}".encode()], [client.fileno()])
+        """Answer 504 on ``client`` and end this worker unless disarmed within ``seconds``.
+
+        Raises :class:`WatchdogGone` if the watchdog is no longer there to do it.
+        """
+        mode = "close" if isinstance(client, ssl.SSLSocket) else "answer"
+        message = f"arm {seconds} {mode} {route}".encode()
+        try:
+            socket.send_fds(self._sock, [message], [client.fileno()])
+        except OSError:
+            raise self._gone() from None
 
     def disarm(self) -> None:
-        """Take the socket back; returns once the watchdog has let go of it."""
-        self._sock.send(b"disarm")
-        self._sock.recv(16)
+        """Take the socket back; returns once the watchdog has let go of it.
+
+        Raises :class:`WatchdogGone` if the watchdog died during the run.
+        """
+        try:
+            self._sock.send(b"disarm")
+            reply = self._sock.recv(16)
+        except OSError:
+            raise self._gone() from None
+        if not reply:
+            raise self._gone()
 
     def close(self) -> None:
         self._sock.close()
@@ -63,14 +99,18 @@ class Watchdog:
 
 def _serve(channel: socket.socket, worker_pid: int) -> None:
     """The watchdog process: wait for arm/disarm messages until the worker goes away."""
+    answer = b""
     while True:
-        msg, fds, _flags, _addr = socket.recv_fds(channel, 4096, 1)
+        msg, fds, _flags, _addr = socket.recv_fds(channel, 65536, 1)
         if not msg:
             return  # the worker is gone
+        if msg.startswith(b"answer "):
+            answer = msg[len(b"answer ") :]
+            continue
         if not msg.startswith(b"arm ") or not fds:
             continue
         client = socket.socket(fileno=fds[0])
-        _, seconds, route = msg.decode().split(" ", 2)
+        _, seconds, mode, route = msg.decode().split(" ", 3)
         channel.settimeout(float(seconds))
         try:
             reply = channel.recv(64)
@@ -78,12 +118,16 @@ def _serve(channel: socket.socket, worker_pid: int) -> None:
             reply = None
         channel.settimeout(None)
         if reply is None:
-            _answer_timeout(client)
+            _end_connection(client, answer if mode == "answer" else b"")
             os.kill(worker_pid, signal.SIGKILL)
+            told = (
+                "answered 504"
+                if mode == "answer"
+                else "closed the TLS connection without an answer (it cannot speak TLS)"
+            )
             print(
                 f"wagi watchdog: [{route}] timed out after {seconds}s and the engine cannot "
-                f"interrupt it: answered 504 and ended worker {worker_pid}; gunicorn starts a "
-                "new one",
+                f"interrupt it: {told} and ended worker {worker_pid}; gunicorn starts a new one",
                 file=sys.stderr,
                 flush=True,
             )
@@ -94,9 +138,11 @@ def _serve(channel: socket.socket, worker_pid: int) -> None:
         channel.send(b"ok")
 
 
-def _answer_timeout(client: socket.socket) -> None:
+def _end_connection(client: socket.socket, answer: bytes) -> None:
+    """Send ``answer`` (if any), then end the connection cleanly (FIN, not RST)."""
     try:
-        client.sendall(TIMEOUT_RESPONSE)
+        if answer:
+            client.sendall(answer)
         client.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass

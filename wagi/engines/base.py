@@ -34,6 +34,10 @@ class EngineError(Exception):
     """A module could not be compiled, loaded or instantiated."""
 
 
+class EngineBroken(EngineError):
+    """The engine can run nothing more (see :attr:`Engine.broken`); its process should go."""
+
+
 @dataclass(frozen=True)
 class Preopen:
     """A host directory the module sees at ``guest_path`` (a WASI preopen)."""
@@ -120,10 +124,11 @@ class Capabilities:
     memory_limit: bool
     interruptible: bool
     """A running module can be stopped at its timeout without ending the process."""
+    thread_safe: bool = True
+    """The engine may be used from any thread, and from several at once. An engine that is
+    not may only be used on the thread that created it (wasmer-python's objects)."""
     streaming: bool = False
     """stdout reaches ``Invocation.stdout_fd`` while the module runs (not only at its end)."""
-    thread_safe: bool = False
-    """One engine may run modules on several threads at once (gunicorn's threaded workers)."""
 
 
 class LoadedModule(abc.ABC):
@@ -158,6 +163,14 @@ class Engine(abc.ABC):
 
         Raises :class:`EngineError` if ``module`` can never run under ``limits``.
         """
+
+    @property
+    def broken(self) -> str:
+        """Why this engine can run nothing more, or ``""`` while it can.
+
+        Once broken, :meth:`run` raises :class:`EngineBroken`; only a new process helps.
+        """
+        return ""
 
     @abc.abstractmethod
     def run(self, module: LoadedModule, invocation: Invocation) -> RunResult:

@@ -1,7 +1,8 @@
 """The wasmer engine: wasmer-python 1.1.0 with the cranelift compiler.
 
 wasmer-python ships native wheels for CPython 3.7-3.10 only, so nothing in
-wagi may import this module unconditionally; ask :func:`available` first. The
+wagi may import this module unconditionally; ask
+:func:`wagi.engines.importable` first. The
 ``wasmer`` package itself is imported lazily, and nothing is compiled at import
 time: a process that compiled with cranelift or ran a WASI instance must not
 be forked and then compile or run again (the children hang).
@@ -66,6 +67,7 @@ from .base import (
     Capabilities,
     Ending,
     Engine,
+    EngineBroken,
     EngineError,
     Invocation,
     Limits,
@@ -76,7 +78,7 @@ from .base import (
 from .cache import ArtifactCache, content_hash
 from .memory_cap import MemoryCapError, cap_memory
 
-__all__ = ["WasmerEngine", "WasmerModule", "available"]
+__all__ = ["WasmerEngine", "WasmerModule"]
 
 _EXIT_MESSAGE = re.compile(r"RuntimeError: WASI exited with code: ([0-9]{1,10})")
 """The whole message of a ``proc_exit``; matched in full, so a trap can never pass for one."""
@@ -131,29 +133,11 @@ _SCRUB_WAT = """
 """
 
 
-def available() -> tuple[bool, str]:
-    """Whether the wasmer engine can be used here, and if not, why.
-
-    Importing is the only honest test: on CPython 3.11+ pip installs a stub
-    ``wasmer`` that raises ImportError, and the compiler is a separate wheel.
-    """
-    try:
-        import wasmer
-        import wasmer_compiler_cranelift  # noqa: F401
-    except ImportError as exc:
-        return False, (
-            f"wasmer does not import on Python {platform.python_version()}: {exc} "
-            "(wasmer-python 1.1.0 has native wheels for CPython 3.7-3.10 only; "
-            "both wasmer and wasmer-compiler-cranelift are needed)"
-        )
-    except Exception as exc:  # a broken native module must not take wagi down
-        return False, f"wasmer failed to import: {exc!r}"
-    return True, f"wasmer {wasmer.__version__} with cranelift"
-
-
 def _import_wasmer() -> tuple[Any, Any]:
     """The ``wasmer`` module and the cranelift ``Compiler``, or EngineError."""
-    ok, why = available()
+    from wagi.engines import importable
+
+    ok, why = importable("wasmer")
     if not ok:
         raise EngineError(why)
     import wasmer
@@ -269,6 +253,9 @@ class WasmerEngine(Engine):
         # A running guest holds the GIL in native code; only ending the
         # process stops it (the HTTP side's watchdog does that).
         interruptible=False,
+        # wasmer-python objects panic ("unsendable") when used on another thread than
+        # the one that created them.
+        thread_safe=False,
     )
 
     def __init__(self, cache: ArtifactCache | None = None, *, unconfined_volumes: bool = False):
@@ -282,7 +269,9 @@ class WasmerEngine(Engine):
         self._cache = cache or ArtifactCache(None)
         self._unconfined_volumes = unconfined_volumes
         self._scrubber: Any = None
-        self._devnull: int | None = None
+        # Opened now, not at the first run: a thread confined by the kernel wall after
+        # creating the engine and loading its modules may open no path at all.
+        self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._poisoned = ""
         self.stale_stdin_bytes = 0
         """Stdin bytes guests left unread, scrubbed before the next run (for tests/metrics)."""
@@ -290,6 +279,10 @@ class WasmerEngine(Engine):
     @property
     def version(self) -> str:
         return str(self._wasmer.__version__)
+
+    @property
+    def broken(self) -> str:
+        return self._poisoned
 
     @property
     def _cache_version(self) -> str:
@@ -405,7 +398,7 @@ class WasmerEngine(Engine):
     def run(self, module: LoadedModule, invocation: Invocation) -> RunResult:
         module = self._own(module)
         if self._poisoned:
-            raise EngineError(self._poisoned)
+            raise EngineBroken(self._poisoned)
         entry = invocation.entrypoint
         if entry not in module.params:
             raise EngineError(f"{module.path}: no exported function {entry!r}")
@@ -528,7 +521,7 @@ class WasmerEngine(Engine):
             # Python's own buffered output must not land in a capture.
             with suppress(AttributeError, OSError, ValueError):
                 stream.flush()
-        devnull = self._devnull_fd()
+        devnull = self._devnull
         saved = [os.dup(fd) for fd in (0, 1, 2)]
         try:
             os.dup2(stdin_fd, 0)
@@ -544,12 +537,6 @@ class WasmerEngine(Engine):
             for fd, copy in enumerate(saved):
                 os.dup2(copy, fd)
                 os.close(copy)
-
-    def _devnull_fd(self) -> int:
-        if self._devnull is None:
-            fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-            self._devnull = fd
-        return self._devnull
 
     def _scrub(self) -> None:
         """Empty Rust's stdin buffer and stdout LineWriter (fds 0 and 1 are /dev/null now).
@@ -575,4 +562,4 @@ class WasmerEngine(Engine):
                 f"wasmer engine disabled: clearing stdio buffers between runs failed ({exc}); "
                 "restart the worker"
             )
-            raise EngineError(self._poisoned) from exc
+            raise EngineBroken(self._poisoned) from exc

@@ -1,0 +1,155 @@
+"""Whether a configuration may run on an engine, and under which gunicorn workers.
+
+Capabilities below, policy above: an engine states what it can enforce
+(:class:`~wagi.engines.base.Capabilities`); this module holds that against
+``modules.toml``, the server options and gunicorn's worker settings, chooses the
+engine for ``--engine auto``, and says in the user's terms why a combination
+cannot run. It imports engine packages but creates no engine, so it is safe in
+the gunicorn master.
+
+Example::
+
+    choice = choose_engine("auto", config, max_memory=None)
+    problem = worker_problem(choice, worker_class="gthread", threads=4)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wagi.config import Config
+from wagi.engines import engine_class, importable
+from wagi.engines.base import Capabilities
+
+
+class EngineUnavailable(Exception):
+    """The chosen engine cannot run this configuration; the message says why."""
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine a server runs, why it was chosen, and what it can enforce."""
+
+    name: str
+    reason: str
+    capabilities: Capabilities
+
+    def describe_limits(self) -> str:
+        caps = self.capabilities
+        timeout = (
+            "timeouts interrupt the module"
+            if caps.interruptible
+            else "timeouts answer 504 and replace the worker (the module cannot be interrupted)"
+        )
+        memory = "memory limits enforced" if caps.memory_limit else "no memory limits"
+        volumes = (
+            ("read-write and read-only volumes" if caps.read_only_volumes else "read-write volumes")
+            if caps.volumes
+            else "no volumes"
+        )
+        return f"{timeout}; {memory}; {volumes}"
+
+
+def refusals(name: str, config: Config, max_memory: int | None) -> list[str]:
+    """What in ``config`` engine ``name`` cannot honour, one message per problem."""
+    caps = engine_class(name).capabilities
+    problems = []
+    for entry in config.modules:
+        where = f"{config.path}: {entry.label}"
+        if entry.volumes and not caps.volumes:
+            problems.append(
+                f"{where}, key 'volumes': {name} does not confine a module to its volumes "
+                "(absolute paths and symlinks reach any host file), so wagi maps no volumes "
+                "with it; use the wasmtime engine"
+            )
+        elif any(v.read_only for v in entry.volumes) and not caps.read_only_volumes:
+            problems.append(
+                f"{where}, key 'volumes': {name} cannot make a volume read-only; "
+                "use the wasmtime engine"
+            )
+        if (entry.max_memory or max_memory) and not caps.memory_limit:
+            key = "max_memory" if entry.max_memory else "--max-memory"
+            problems.append(
+                f"{where}, {key!r}: {name} cannot limit a module's memory; "
+                "use the wasmtime engine or drop the limit"
+            )
+    return problems
+
+
+def choose_engine(requested: str, config: Config, max_memory: int | None) -> EngineChoice:
+    """Pick the engine for ``config``: the requested one, or for ``auto`` the best that fits.
+
+    Raises :class:`EngineUnavailable` when an explicitly requested engine cannot
+    be imported or cannot honour every setting (it never silently ignores one).
+    """
+    if requested != "auto":
+        ok, why = importable(requested)
+        if not ok:
+            raise EngineUnavailable(f"engine {requested!r} is not available: {why}")
+        problems = refusals(requested, config, max_memory)
+        if problems:
+            raise EngineUnavailable(
+                f"engine {requested!r} cannot honour this configuration:\n  "
+                + "\n  ".join(problems)
+            )
+        cls = engine_class(requested)
+        return EngineChoice(requested, "requested explicitly", cls.capabilities)
+    ok, why = importable("wasmer")
+    if ok:
+        problems = refusals("wasmer", config, max_memory)
+        if not problems:
+            cls = engine_class("wasmer")
+            return EngineChoice(
+                "wasmer", "auto: wasmer imports and honours every setting", cls.capabilities
+            )
+        why = "wasmer cannot honour this configuration: " + problems[0]
+    ok_wt, why_wt = importable("wasmtime")
+    if not ok_wt:
+        raise EngineUnavailable(f"no engine is available: {why}; {why_wt}")
+    cls = engine_class("wasmtime")
+    return EngineChoice("wasmtime", f"auto: {why}", cls.capabilities)
+
+
+def worker_kind(worker_class: str) -> str | None:
+    """gunicorn's worker class as ``"sync"`` or ``"gthread"``; None for any other.
+
+    ``worker_class`` is gunicorn's ``cfg.worker_class_str``, which already says
+    ``gthread`` for the sync worker with ``--threads`` above 1.
+    """
+    name = worker_class.rsplit("#", 1)[-1].rsplit(".", 1)[-1].lower()
+    return _WORKER_KINDS.get(name)
+
+
+_WORKER_KINDS = {
+    "sync": "sync",
+    "syncworker": "sync",
+    "gthread": "gthread",
+    "threadworker": "gthread",
+}
+
+
+def worker_problem(choice: EngineChoice, worker_class: str, threads: int) -> str | None:
+    """Why gunicorn's ``worker_class`` and ``threads`` cannot serve ``choice``, or None.
+
+    wagi runs modules under gunicorn's sync worker (one request at a time per process,
+    on the thread that built the engine) or its gthread worker (requests on a pool of
+    threads, so only an engine whose :attr:`~Capabilities.thread_safe` is true). Other
+    worker classes (gevent, eventlet, tornado, ...) are refused: a module run blocks
+    their event loop, and green threads never let wagi's timeouts fire.
+    """
+    kind = worker_kind(worker_class)
+    if kind == "sync" and threads > 1:
+        kind = "gthread"  # what gunicorn runs for the sync worker with --threads above 1
+    if kind is None:
+        return (
+            f"gunicorn's worker class {worker_class!r} cannot run modules: wagi runs under "
+            "the sync worker (the default) or gthread (--threads N)"
+        )
+    if kind == "gthread" and not choice.capabilities.thread_safe:
+        return (
+            f"engine {choice.name!r} ({choice.reason}) cannot serve gunicorn's gthread worker "
+            f"(--worker-class {worker_class}, --threads {threads}): its objects may only be used "
+            "on the thread that created them, and gthread serves requests on other threads; "
+            "use the sync worker with --threads 1, or --engine wasmtime"
+        )
+    return None
