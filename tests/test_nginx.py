@@ -15,7 +15,14 @@ import pytest
 import requests
 
 from .conftest import Server, env_lines, free_port, start_gunicorn, write_config
-from .nginx import Nginx, main_config, render_site, self_signed_certificate, start_nginx
+from .nginx import (
+    Nginx,
+    check_config,
+    main_config,
+    render_site,
+    self_signed_certificate,
+    start_nginx,
+)
 
 MIB = 1024**2
 
@@ -52,6 +59,10 @@ def proxied(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
     http_port, https_port = free_port(), free_port()
     conf = main_config(tmp / "nginx", render_site(sock, http_port, https_port, cert, key))
     https = f"https://127.0.0.1:{https_port}"
+    checked = check_config(conf)
+    if checked.returncode != 0 or "[warn]" in checked.stderr:
+        server.stop()
+        pytest.fail(f"nginx -t refuses the rendered site:\n{checked.stderr}")
     try:
         nginx = start_nginx(conf, https + "/healthz", verify=str(cert))
     except RuntimeError as exc:
