@@ -74,13 +74,15 @@ class Server:
                 self.process.wait()
 
 
-def wait_until_healthy(process: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
+def wait_until_healthy(
+    process: subprocess.Popen[bytes], url: str, log_path: Path, *, verify: bool | str = True
+) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
         try:
-            if requests.get(url + "/healthz", timeout=2).status_code == 200:
+            if requests.get(url + "/healthz", timeout=2, verify=verify).status_code == 200:
                 return
         except requests.RequestException:
             pass

@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from .conftest import Server, start_gunicorn
-from .test_nginx import nginx_in_front
+from .nginx import nginx_in_front
 from .test_samples import GUESTBOOK_ENGINES, guestbook_config
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-from wagi.settings import reference_table
-
 from .conftest import ROOT
-
-
-def test_readme_option_table_matches_the_settings_registry() -> None:
-    assert reference_table() in (ROOT / "README.md").read_text()
 
 
 def test_ci_runs_the_readme_test_command() -> None:

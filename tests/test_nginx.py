@@ -1,138 +1,89 @@
-"""wagi behind a real nginx, classic CGI style: over a unix socket, trusting one proxy hop."""
+"""wagi behind a real nginx running the deploy kit's site, over a unix socket, on every engine.
+
+nginx listens on plain HTTP and on TLS (a certificate made for the test), exactly as
+``deploy/nginx/wagi.conf`` says; gunicorn trusts one proxy hop, as ``deploy/systemd/wagi.service``
+says.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
-import subprocess
-import textwrap
-import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 
-from .conftest import (
-    ENGINES,
-    SAMPLES,
-    Server,
-    env_lines,
-    free_port,
-    start_gunicorn,
-    write_config,
+from .conftest import Server, env_lines, free_port, start_gunicorn, write_config
+from .nginx import (
+    Nginx,
+    check_config,
+    main_config,
+    render_site,
+    self_signed_certificate,
+    start_nginx,
 )
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+MIB = 1024**2
 
 
-@contextlib.contextmanager
-def nginx_in_front(tmp: Path, sock: Path, server: Server) -> Iterator[str]:
-    """A real nginx on a free loopback port proxying to ``server`` on unix socket ``sock``.
-
-    Yields nginx's URL once ``/healthz`` answers through it; stops nginx afterwards (the
-    caller stops ``server``). Its logs are under ``tmp/logs``.
-    """
-    if not Path(NGINX).exists():
-        server.stop()
-        pytest.fail("nginx is not installed (apt-get install nginx-light); ./run-tests installs it")
-    port = free_port()
-    (tmp / "logs").mkdir()
-    conf = tmp / "nginx.conf"
-    # As root, nginx's workers would drop to nobody and lose access to the socket.
-    user = "user root;" if os.geteuid() == 0 else ""
-    conf.write_text(
-        textwrap.dedent(f"""
-        {user}
-        worker_processes 1;
-        daemon off;
-        pid {tmp}/nginx.pid;
-        error_log {tmp}/logs/error.log;
-        events {{ worker_connections 64; }}
-        http {{
-            access_log {tmp}/logs/access.log;
-            client_body_temp_path {tmp}/body;
-            proxy_temp_path {tmp}/proxy;
-            fastcgi_temp_path {tmp}/fastcgi;
-            uwsgi_temp_path {tmp}/uwsgi;
-            scgi_temp_path {tmp}/scgi;
-            upstream wagi {{ server unix:{sock}; }}
-            server {{
-                listen 127.0.0.1:{port};
-                location / {{
-                    proxy_pass http://wagi;
-                    proxy_set_header Host $http_host;
-                    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-                    proxy_set_header X-Forwarded-Proto https;
-                }}
-            }}
-        }}
-    """)
-    )
-    nginx = subprocess.Popen(
-        [NGINX, "-c", str(conf), "-p", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(url + "/healthz", timeout=2).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline or nginx.poll() is not None or server.process.poll():
-            nginx.kill()
-            server.stop()
-            pytest.fail(
-                f"nginx/gunicorn did not start:\n{server.log()[-3000:]}\n"
-                f"{(tmp / 'logs' / 'error.log').read_text()[-3000:]}"
-            )
-        time.sleep(0.1)
-    try:
-        yield url
-    finally:
-        nginx.send_signal(signal.SIGQUIT)
-        nginx.wait(timeout=10)
+@dataclass
+class Proxied:
+    http: str
+    https: str
+    cert: Path
+    server: Server
+    nginx: Nginx
 
 
-@pytest.fixture(scope="module", params=ENGINES)
-def proxied(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, Server]]:
+@pytest.fixture(scope="module")
+def proxied(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
     tmp = tmp_path_factory.mktemp("nginx")
     sock = tmp / "wagi.sock"
     config = write_config(
         tmp / "conf",
         '[[module]]\nroute = "/probe/..."\nmodule = "{probe}"\n'
+        '[[module]]\nroute = "/stream/..."\nmodule = "{probe}"\n'
         '[[module]]\nroute = "/hello"\nmodule = "{samples}/hello.wat"\n',
     )
     server = start_gunicorn(
         tmp,
         config,
-        str(request.param),
+        engine,
         bind=f"unix:{sock}",
         wait=False,
+        workers=1,
         extra_env={"WAGI_TRUSTED_PROXY_HOPS": "1"},
     )
-    with nginx_in_front(tmp, sock, server) as url:
-        yield url, server
+    cert, key = self_signed_certificate(tmp / "tls")
+    http_port, https_port = free_port(), free_port()
+    conf = main_config(tmp / "nginx", render_site(sock, http_port, https_port, cert, key))
+    https = f"https://127.0.0.1:{https_port}"
+    checked = check_config(conf)
+    if checked.returncode != 0 or "[warn]" in checked.stderr:
+        server.stop()
+        pytest.fail(f"nginx -t refuses the rendered site:\n{checked.stderr}")
+    try:
+        nginx = start_nginx(conf, https + "/healthz", verify=str(cert))
+    except RuntimeError as exc:
+        server.stop()
+        pytest.fail(f"{exc}\ngunicorn:\n{server.log()[-3000:]}")
+    yield Proxied(f"http://127.0.0.1:{http_port}", https, cert, server, nginx)
+    nginx.stop()
     server.stop()
 
 
-def test_hello_through_nginx(proxied: tuple[str, Server]) -> None:
-    url, _ = proxied
-    r = requests.get(url + "/hello", timeout=10)
+def test_hello_through_nginx(proxied: Proxied) -> None:
+    r = requests.get(proxied.http + "/hello", timeout=10)
     assert (r.status_code, r.text) == (200, "Hello, world!\n")
     assert r.headers["Content-Type"] == "text/plain"
 
 
-def test_forwarded_headers_from_the_trusted_proxy(proxied: tuple[str, Server]) -> None:
-    url, _ = proxied
+def test_forwarded_headers_from_the_trusted_proxy(proxied: Proxied) -> None:
     r = requests.get(
-        url + "/probe/p?hdr&env",
+        proxied.https + "/probe/p?hdr&env",
         timeout=10,
+        verify=str(proxied.cert),
         headers={"X-Forwarded-For": "6.6.6.6", "Host": "site.test"},
     )
     env = env_lines(r.text)
@@ -143,11 +94,55 @@ def test_forwarded_headers_from_the_trusted_proxy(proxied: tuple[str, Server]) -
     assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("site.test", "443")
 
 
-def test_body_through_nginx(proxied: tuple[str, Server]) -> None:
-    url, _ = proxied
+def test_plain_http_through_nginx_is_not_https(proxied: Proxied) -> None:
+    port = proxied.http.rsplit(":", 1)[1]
+    env = env_lines(requests.get(proxied.http + "/probe/p?hdr&env", timeout=10).text)
+    assert "HTTPS" not in env
+    assert env["X_FULL_URL"] == f"http://127.0.0.1:{port}/probe/p?hdr&env"
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("127.0.0.1", port)
+
+
+def test_a_client_cannot_forge_the_forwarded_host_port_or_scheme(proxied: Proxied) -> None:
+    port = proxied.http.rsplit(":", 1)[1]
+    r = requests.get(
+        proxied.http + "/probe/p?hdr&env",
+        timeout=10,
+        headers={
+            "X-Forwarded-Host": "evil.test",
+            "X-Forwarded-Port": "8443",
+            "X-Forwarded-Proto": "https",
+        },
+    )
+    env = env_lines(r.text)
+    assert "HTTPS" not in env
+    assert env["X_FULL_URL"] == f"http://127.0.0.1:{port}/probe/p?hdr&env"
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("127.0.0.1", port)
+    # The module still sees what the client sent, as plain request headers.
+    assert env["HTTP_X_FORWARDED_PROTO"] == "http"
+    assert "HTTP_X_FORWARDED_HOST" not in env
+
+
+def test_body_through_nginx(proxied: Proxied) -> None:
     body = bytes(range(256)) * 64
-    r = requests.post(url + "/probe?hdr&cat", data=body, timeout=10)
+    r = requests.post(proxied.http + "/probe?hdr&cat", data=body, timeout=10)
     assert r.content == body
+
+
+def test_a_body_of_exactly_the_limit_passes_one_byte_more_is_413(proxied: Proxied) -> None:
+    # client_max_body_size 10m in the site is wagi's --max-body (10 MiB) in nginx's words.
+    body = bytes(range(256)) * (10 * MIB // 256)
+    r = requests.post(proxied.http + "/probe?hdr&cat", data=body, timeout=60)
+    assert r.status_code == 200
+    assert r.content == body
+    r = requests.post(proxied.http + "/probe?hdr&cat", data=body + b"x", timeout=60)
+    assert r.status_code == 413
+    assert r.headers["Server"].startswith("nginx")
+
+
+def test_the_streaming_location_proxies_too(proxied: Proxied) -> None:
+    r = requests.get(proxied.https + "/stream/x?hdr&print=a&print=b", verify=str(proxied.cert))
+    assert (r.status_code, r.text) == (200, "a\nb\n")
+    assert r.headers["Content-Type"] == "text/plain"
 
 
 def test_untrusted_forwarded_headers_are_ignored(tmp_path: Path) -> None:
@@ -163,7 +158,3 @@ def test_untrusted_forwarded_headers_are_ignored(tmp_path: Path) -> None:
         assert env["X_FULL_URL"].startswith("http://")
     finally:
         server.stop()
-
-
-def test_samples_config_exists() -> None:
-    assert (SAMPLES / "modules.toml").is_file()

@@ -33,21 +33,98 @@ DEFAULT_ARGV = "${SCRIPT_NAME} ${ARGS}"
 DEFAULT_ENTRYPOINT = "_start"
 MODULE_SUFFIXES = (".wasm", ".wat")
 
-_KNOWN_KEYS = frozenset(
-    {
+
+@dataclass(frozen=True)
+class ModuleKey:
+    """One key of a ``[[module]]`` table, as the reference documentation shows it."""
+
+    name: str
+    meaning: str
+    example: str
+    required: bool = False
+
+
+MODULE_KEYS: tuple[ModuleKey, ...] = (
+    ModuleKey(
         "route",
+        "`/path` matches exactly that path; `/path/...` matches `/path` and everything below "
+        "it (not `/pathX`); `/...` matches every path.",
+        '"/files/..."',
+        required=True,
+    ),
+    ModuleKey(
         "module",
+        "The `.wasm` or `.wat` file to run: a path relative to modules.toml, an absolute "
+        "path, a `file://` URL, or an OCI artifact `oci://registry/repository:tag` (or "
+        "`@sha256:<digest>`), pulled and verified at start-up.",
+        '"files.wasm"',
+        required=True,
+    ),
+    ModuleKey(
         "entrypoint",
+        f"The export to call (default `{DEFAULT_ENTRYPOINT}`).",
+        '"serve"',
+    ),
+    ModuleKey(
         "volumes",
+        "Host directories the module may see (WASI preopens): guest path = host directory, "
+        "relative to modules.toml; a table with `read_only = true` makes one read-only.",
+        '{ "/data" = "data", "/static" = { path = "static", read_only = true } }',
+    ),
+    ModuleKey(
         "environment",
+        "Environment variables for this module; the CGI variables cannot be overridden.",
+        '{ GREETING = "hello" }',
+    ),
+    ModuleKey(
         "argv",
-        "allowed_hosts",
-        "http_max_concurrency",
+        f"The command line: a template with `${{SCRIPT_NAME}}` and `${{ARGS}}` (the query "
+        f"items), split on whitespace (default `{DEFAULT_ARGV}`).",
+        '"${SCRIPT_NAME} --verbose ${ARGS}"',
+    ),
+    ModuleKey(
         "timeout",
+        "Seconds the module may run before the request gets 504 (overrides `--timeout`).",
+        "5",
+    ),
+    ModuleKey(
         "max_memory",
+        'Linear memory the module may use, in bytes or as a string such as `"64 MiB"` '
+        "(overrides `--max-memory`).",
+        '"64 MiB"',
+    ),
+    ModuleKey(
+        "allowed_hosts",
+        "Outbound HTTP: not supported yet. An empty list (deny all) is accepted; anything "
+        "else stops start-up.",
+        "[]",
+    ),
+    ModuleKey(
+        "http_max_concurrency",
+        "Outbound HTTP: not supported yet; stops start-up.",
+        "4",
+    ),
+    ModuleKey(
         "repository",
-    }
+        "Reserved by the Rust WAGI (bindle); accepted and ignored.",
+        '"example.com/app"',
+    ),
 )
+"""Every key a ``[[module]]`` table may hold: the check of unknown keys and the
+configuration reference both come from here."""
+
+_KNOWN_KEYS = frozenset(key.name for key in MODULE_KEYS)
+
+
+def module_keys_table() -> str:
+    """The ``[[module]]`` keys as a Markdown table, for the documentation."""
+    rows = ["| key | meaning | example |", "|---|---|---|"]
+    for key in MODULE_KEYS:
+        name = f"`{key.name}`" + (" (required)" if key.required else "")
+        cells = [name, key.meaning, f"`{key.name} = {key.example}`"]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows)
+
 _EXPORT_NAME = re.compile(r"[^\s]+")
 
 
