@@ -125,6 +125,7 @@ def module_keys_table() -> str:
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows)
 
+
 _EXPORT_NAME = re.compile(r"[^\s]+")
 
 
