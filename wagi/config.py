@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from wagi.cgi_request import DEFAULT_ARGV, ArgvTemplate
+from wagi.outbound_http import Origin, parse_allowed_hosts, parse_max_concurrency
 from wagi.settings import parse_byte_size, parse_seconds
 
 if sys.version_info >= (3, 11):
@@ -28,7 +30,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on the 3.10 leg
     import tomli as tomllib
 
-DEFAULT_ARGV = "${SCRIPT_NAME} ${ARGS}"
 DEFAULT_ENTRYPOINT = "_start"
 MODULE_SUFFIXES = (".wasm", ".wat")
 
@@ -75,7 +76,10 @@ class ModuleEntry:
     entrypoint: str = DEFAULT_ENTRYPOINT
     volumes: tuple[Volume, ...] = ()
     environment: tuple[tuple[str, str], ...] = ()
-    argv: str = DEFAULT_ARGV
+    argv: ArgvTemplate = DEFAULT_ARGV
+    allowed_hosts: tuple[Origin, ...] = ()
+    """Origins the module may reach over HTTP; empty denies all."""
+    http_max_concurrency: int | None = None
     timeout: float | None = None
     max_memory: int | None = None
 
@@ -171,15 +175,6 @@ class _EntryParser:
             route = validate_route(t["route"])
         except ValueError as exc:
             raise self.error("route", str(exc)) from None
-        if t.get("allowed_hosts"):
-            raise self.error(
-                "allowed_hosts", "outbound HTTP (wasi-experimental-http) is not supported yet"
-            )
-        if "http_max_concurrency" in t:
-            raise self.error(
-                "http_max_concurrency",
-                "outbound HTTP (wasi-experimental-http) is not supported yet",
-            )
         return ModuleEntry(
             index=self.index,
             route=route,
@@ -187,7 +182,9 @@ class _EntryParser:
             entrypoint=self.string("entrypoint", DEFAULT_ENTRYPOINT, pattern=_EXPORT_NAME),
             volumes=self.volumes(t.get("volumes", {})),
             environment=self.environment(t.get("environment", {})),
-            argv=self.string("argv", DEFAULT_ARGV),
+            argv=self.limit("argv", ArgvTemplate.parse) or DEFAULT_ARGV,
+            allowed_hosts=self.limit("allowed_hosts", parse_allowed_hosts) or (),
+            http_max_concurrency=self.limit("http_max_concurrency", parse_max_concurrency),
             timeout=self.limit("timeout", parse_seconds),
             max_memory=self.limit("max_memory", parse_byte_size),
         )

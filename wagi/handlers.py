@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from wagi.config import Config, ConfigError, ModuleEntry, load_env_file
 from wagi.engines.base import Engine, EngineError, Invocation, Limits, Preopen
 from wagi.loader import ModuleLoader
+from wagi.outbound_http import OutboundPolicy
 from wagi.routing import Route, RoutingTable, join_subroute
 from wagi.settings import ServerSettings
 
@@ -36,6 +37,7 @@ class Handler:
     """Global variables, then the module's own; the CGI variables go on top per request."""
     preopens: tuple[Preopen, ...]
     limits: Limits
+    outbound: OutboundPolicy
 
 
 def global_environment(settings: ServerSettings) -> dict[str, str]:
@@ -59,6 +61,12 @@ def make_handler(
             timeout=entry.timeout or settings.timeout,
             max_memory=entry.max_memory or settings.max_memory,
             max_output=settings.max_response,
+        ),
+        outbound=OutboundPolicy(
+            allowed=entry.allowed_hosts,
+            max_concurrency=entry.http_max_concurrency,
+            max_header_bytes=settings.outbound_max_headers,
+            max_body_bytes=settings.outbound_max_body,
         ),
     )
 
@@ -144,4 +152,5 @@ def invocation_for(
         stdin=stdin,
         preopens=handler.preopens,
         limits=handler.limits,
+        outbound=handler.outbound,
     )

@@ -20,7 +20,10 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from wagi.outbound_http import OutboundPolicy
 
 STDERR_LIMIT = 1 << 20
 """Bytes of a run's stderr kept for the log, on every engine: a hostile module must not
@@ -62,6 +65,8 @@ class Invocation:
     stdin: bytes = b""
     preopens: Sequence[Preopen] = ()
     limits: Limits = Limits()
+    outbound: OutboundPolicy | None = None
+    """Outbound HTTP (``wasi_experimental_http``) for this run; ``None`` denies every request."""
 
 
 class Ending(enum.Enum):
@@ -105,6 +110,8 @@ class Capabilities:
     memory_limit: bool
     interruptible: bool
     """A running module can be stopped at its timeout without ending the process."""
+    outbound_http: bool = False
+    """Binds the ``wasi_experimental_http`` host functions (:mod:`wagi.outbound_http`)."""
 
 
 class LoadedModule(abc.ABC):

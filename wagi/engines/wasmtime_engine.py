@@ -55,6 +55,16 @@ from typing import Any
 
 import wasmtime
 
+from wagi.outbound_http import (
+    DENY_ALL,
+    IMPORT_MODULE,
+    SIGNATURES,
+    GuestMemoryError,
+    HttpError,
+    OutboundPolicy,
+    OutboundSession,
+)
+
 from .base import (
     STDERR_LIMIT,
     Capabilities,
@@ -130,6 +140,8 @@ class _RunContext:
         "engine",
         "forwarder",
         "max_output",
+        "outbound",
+        "outbound_policy",
         "stderr",
         "stderr_dropped",
         "stdout",
@@ -158,6 +170,18 @@ class _RunContext:
         self.stopped: Ending | None = None
         """Set when a host function ended the run (output limit, sleep past the deadline)."""
         self.forwarder: Mapping[str, Any] | None = None
+        self.outbound_policy: OutboundPolicy | None = None
+        self.outbound: OutboundSession | None = None
+        """Made at the run's first outbound HTTP call."""
+
+    def outbound_session(self) -> OutboundSession:
+        if self.outbound is None:
+            self.outbound = OutboundSession(
+                self.outbound_policy or DENY_ALL,
+                self.deadline,
+                on_deadline=lambda: self.stop(Ending.TIMED_OUT),
+            )
+        return self.outbound
 
     def stop(self, ending: Ending) -> None:
         """End the run: the guest traps at its next epoch check (a call or loop).
@@ -299,6 +323,56 @@ def _clock_wait(caller: wasmtime.Caller, subs: int, nsubs: int, origin_ns: int) 
     return wait
 
 
+class _CallerMemory:
+    """The calling instance's ``memory`` export, for :mod:`wagi.outbound_http` (one call)."""
+
+    __slots__ = ("_base", "_caller", "_size")
+
+    def __init__(self, caller: wasmtime.Caller) -> None:
+        self._caller = caller
+        self._base = -1
+        self._size = 0
+
+    def _address(self, ptr: int, length: int) -> int:
+        if self._base < 0:
+            memory = self._caller.get("memory")
+            if not isinstance(memory, wasmtime.Memory):
+                raise GuestMemoryError(HttpError.MEMORY_NOT_FOUND)
+            self._size = size = memory.data_len(self._caller)
+            self._base = ctypes.addressof(memory.data_ptr(self._caller).contents) if size else 0
+        if ptr + length > self._size:
+            raise GuestMemoryError(HttpError.MEMORY_ACCESS_ERROR)
+        return self._base + ptr
+
+    def read(self, ptr: int, length: int) -> bytes:
+        address = self._address(ptr, length)
+        return ctypes.string_at(address, length) if length else b""
+
+    def write(self, ptr: int, data: bytes) -> None:
+        address = self._address(ptr, len(data))
+        if data:
+            ctypes.memmove(address, data, len(data))
+
+
+def _bind_outbound_http(linker: wasmtime.Linker, local: threading.local) -> None:
+    """Define the ``wasi_experimental_http`` functions: each forwards to the run's session.
+
+    The run's state is reached through ``local.ctx`` (a :class:`_RunContext`); the
+    session is made at the run's first call, so modules that never call pay nothing.
+    """
+    i32 = wasmtime.ValType.i32()
+    for name, count in SIGNATURES.items():
+
+        def host(caller: wasmtime.Caller, *args: int, _name: str = name) -> int:
+            ctx: _RunContext | None = getattr(local, "ctx", None)
+            if ctx is None:
+                raise wasmtime.Trap(f"wagi: {IMPORT_MODULE}.{_name} called outside a run")
+            return ctx.outbound_session().call(_name, _CallerMemory(caller), *args)
+
+        ty = wasmtime.FuncType([i32] * count, [i32])
+        linker.define_func(IMPORT_MODULE, name, ty, host, access_caller=True)
+
+
 class _EpochTicker:
     """Advances one engine's epoch every ``tick`` seconds while a timed run is active.
 
@@ -394,7 +468,11 @@ class WasmtimeEngine(Engine):
 
     name = "wasmtime"
     capabilities = Capabilities(
-        volumes=True, read_only_volumes=True, memory_limit=True, interruptible=True
+        volumes=True,
+        read_only_volumes=True,
+        memory_limit=True,
+        interruptible=True,
+        outbound_http=True,
     )
 
     def __init__(self, cache: ArtifactCache | None = None, *, tick: float = _DEFAULT_TICK) -> None:
@@ -420,6 +498,7 @@ class WasmtimeEngine(Engine):
         self._linker.define_func(
             _WASI, "poll_oneoff", four_i32_to_i32, poll_oneoff, access_caller=True
         )
+        _bind_outbound_http(self._linker, self._local)
         # WASI's own functions, for the forwarder.
         self._wasi_linker = wasmtime.Linker(self._engine)
         self._wasi_linker.define_wasi()
@@ -542,6 +621,7 @@ class WasmtimeEngine(Engine):
             store.set_epoch_deadline(_NO_DEADLINE)
 
         ctx = _RunContext(self, store, limits.max_output, deadline, clock_origin_ns)
+        ctx.outbound_policy = invocation.outbound
         self._local.ctx = ctx
         ending = Ending.RETURNED
         exit_code = 0
@@ -587,10 +667,14 @@ class WasmtimeEngine(Engine):
             self._local.ctx = None
             if deadline is not None:
                 self._ticker.end_run()
+            if ctx.outbound is not None:
+                ctx.outbound.close_all()
 
         stderr = bytes(ctx.stderr)
         if ctx.stderr_dropped:
             stderr += b"\n[wagi: %d more bytes of stderr dropped]\n" % ctx.stderr_dropped
+        if ctx.outbound is not None:
+            stderr += ctx.outbound.report()
         return RunResult(
             ending=ending,
             stdout=bytes(ctx.stdout),
