@@ -41,6 +41,7 @@ _KNOWN_KEYS = frozenset(
         "volumes",
         "environment",
         "argv",
+        "tmp",
         "allowed_hosts",
         "http_max_concurrency",
         "timeout",
@@ -50,6 +51,10 @@ _KNOWN_KEYS = frozenset(
 )
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _EXPORT_NAME = re.compile(r"[^\s]+")
+
+
+DEFAULT_TMP_PATH = "/tmp"
+DEFAULT_TMP_MAX_SIZE = 64 * 1024**2
 
 
 class ConfigError(Exception):
@@ -63,6 +68,15 @@ class Volume:
     guest_path: str
     host_path: Path
     read_only: bool = False
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """A route's ``tmp``: a private, empty directory per request (see :mod:`wagi.scratch`)."""
+
+    guest_path: str = DEFAULT_TMP_PATH
+    max_size: int = DEFAULT_TMP_MAX_SIZE
+    """Bytes a request may write to files (plus 4 KiB per file, directory or link made)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,7 @@ class ModuleEntry:
     allowed_hosts: tuple[Origin, ...] = ()
     """Origins the module may reach over HTTP; empty denies all."""
     http_max_concurrency: int | None = None
+    tmp: Scratch | None = None
     timeout: float | None = None
     max_memory: int | None = None
 
@@ -185,6 +200,7 @@ class _EntryParser:
             argv=self.limit("argv", ArgvTemplate.parse) or DEFAULT_ARGV,
             allowed_hosts=self.limit("allowed_hosts", parse_allowed_hosts) or (),
             http_max_concurrency=self.limit("http_max_concurrency", parse_max_concurrency),
+            tmp=self.scratch(t.get("tmp", False)),
             timeout=self.limit("timeout", parse_seconds),
             max_memory=self.limit("max_memory", parse_byte_size),
         )
@@ -258,6 +274,32 @@ class _EntryParser:
                 )
             volumes.append(Volume(guest_path=guest, host_path=host, read_only=read_only))
         return tuple(volumes)
+
+    def scratch(self, raw: Any) -> Scratch | None:
+        """``tmp = true``, ``"/scratch"`` or ``{ path = "/tmp", max_size = "1 GiB" }``."""
+        if raw is False:
+            return None
+        if raw is True:
+            return Scratch()
+        spec = {"path": raw} if isinstance(raw, str) else raw
+        if not isinstance(spec, dict) or set(spec) - {"path", "max_size"}:
+            raise self.error(
+                "tmp",
+                'expected true, a guest path such as "/tmp", or '
+                '{ path = "/tmp", max_size = "64 MiB" }',
+            )
+        path = spec.get("path", DEFAULT_TMP_PATH)
+        if not isinstance(path, str) or not path.startswith("/") or path == "/":
+            raise self.error("tmp", f"the guest path must be absolute and not '/', got {path!r}")
+        if any(v.guest_path == path for v in self.volumes(self.table.get("volumes", {}))):
+            raise self.error("tmp", f"{path!r} is already a volume")
+        max_size = DEFAULT_TMP_MAX_SIZE
+        if "max_size" in spec:
+            try:
+                max_size = parse_byte_size(spec["max_size"])
+            except ValueError as exc:
+                raise self.error("tmp", f"max_size: {exc}") from None
+        return Scratch(path.rstrip("/"), max_size)
 
     def environment(self, raw: Any) -> tuple[tuple[str, str], ...]:
         if not isinstance(raw, dict):

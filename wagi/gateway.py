@@ -23,12 +23,13 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Request, Response
 
+from wagi import scratch
 from wagi.cgi_request import build_argv, cgi_variables, raw_path_and_query
 from wagi.cgi_response import BadCgiResponse, parse_cgi_response
 from wagi.config import Config
 from wagi.engines import EngineChoice, choose_engine, create_engine
 from wagi.engines.base import Ending, Engine, EngineError, Invocation, RunResult
-from wagi.handlers import Handler, build_routing_table, invocation_for
+from wagi.handlers import Handler, StartupError, build_routing_table, invocation_for
 from wagi.loader import ModuleLoader
 from wagi.module_log import ModuleLog
 from wagi.routing import RoutingTable
@@ -117,6 +118,11 @@ class Gateway:
         watchdog = Watchdog() if serving and not choice.capabilities.interruptible else None
         engine = create_engine(choice.name, settings.cache_dir)
         loader = ModuleLoader(engine)
+        if any(entry.tmp for entry in config.modules):
+            try:  # remove what killed workers left behind before serving
+                scratch.worker_folder()
+            except (scratch.ScratchError, OSError) as exc:
+                raise StartupError(f"{config.path}: key 'tmp': {exc}") from None
         table = build_routing_table(config, engine, loader, settings)
         gateway = cls(settings, engine, loader, table, ModuleLog(settings.log_dir))
         gateway.watchdog = watchdog
@@ -162,9 +168,11 @@ class Gateway:
             logger.error("[%s] cannot load %s: %s", route, handler.entry.module, exc)
             return error_response(500, "the module could not be loaded")
         invocation = invocation_for(handler, argv, cgi_env, body)
+        client = request.environ.get("gunicorn.socket")
         try:
-            result = self.run(module, invocation, request.environ.get("gunicorn.socket"), route)
-        except EngineError as exc:
+            with scratch.provide(invocation, handler.scratch) as invocation:
+                result = self.run(module, invocation, client, route)
+        except (EngineError, OSError) as exc:
             logger.error("[%s] cannot run %s: %s", route, handler.entry.module, exc)
             return error_response(500, "the module could not be started")
         self.module_log.write(route, result.stderr)

@@ -13,7 +13,8 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from wagi.config import Config, ConfigError, ModuleEntry, load_env_file
+from wagi import scratch
+from wagi.config import Config, ConfigError, ModuleEntry, Scratch, load_env_file
 from wagi.engines.base import Engine, EngineError, Invocation, Limits, Preopen
 from wagi.loader import ModuleLoader
 from wagi.outbound_http import OutboundPolicy
@@ -38,6 +39,8 @@ class Handler:
     preopens: tuple[Preopen, ...]
     limits: Limits
     outbound: OutboundPolicy
+    scratch: Scratch | None
+    """A private directory per request (``tmp``), made by :func:`wagi.scratch.provide`."""
 
 
 def global_environment(settings: ServerSettings) -> dict[str, str]:
@@ -68,6 +71,7 @@ def make_handler(
             max_header_bytes=settings.outbound_max_headers,
             max_body_bytes=settings.outbound_max_body,
         ),
+        scratch=entry.tmp,
     )
 
 
@@ -130,8 +134,9 @@ def build_routing_table(
             continue
         listing = dataclasses.replace(parent, entrypoint=ROUTES_EXPORT)
         try:
-            result = engine.run(module, invocation_for(listing, [entry.route], {}, b""))
-        except EngineError as exc:
+            with scratch.provide(invocation_for(listing, [entry.route], {}, b""), entry.tmp) as inv:
+                result = engine.run(module, inv)
+        except (EngineError, scratch.ScratchError) as exc:
             raise StartupError(f"{where}: running _routes failed: {exc}") from None
         if not result.succeeded:
             raise StartupError(f"{where}: _routes {result.ending.value}: {result.detail}")

@@ -53,6 +53,9 @@ class Limits:
     """Bytes of linear memory the instance may grow to."""
     max_output: int | None = None
     """Bytes the module may write to stdout."""
+    max_write: int | None = None
+    """Bytes the module may write to files (fds other than 1 and 2), each file, directory or
+    link it creates counting 4 KiB; past it, writes fail with ``EDQUOT``."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,8 @@ class Capabilities:
     """A running module can be stopped at its timeout without ending the process."""
     outbound_http: bool = False
     """Binds the ``wasi_experimental_http`` host functions (:mod:`wagi.outbound_http`)."""
+    write_budget: bool = False
+    """Enforces ``Limits.max_write`` (what bounds a scratch directory, :mod:`wagi.scratch`)."""
 
 
 class LoadedModule(abc.ABC):

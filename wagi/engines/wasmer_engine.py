@@ -535,6 +535,11 @@ class WasmerEngine(Engine):
             builder.arguments(argv[1:])
         if invocation.env:
             builder.environments(dict(invocation.env))
+        if invocation.limits.max_write is not None:
+            raise EngineError(
+                "the wasmer engine cannot bound what a module writes to files (a scratch "
+                "directory's max_size); use the wasmtime engine"
+            )
         for preopen in invocation.preopens:
             if not self._unconfined_volumes:
                 raise EngineError(

@@ -84,6 +84,7 @@ __all__ = ["WasmtimeEngine", "WasmtimeModule"]
 _WASI = "wasi_snapshot_preview1"
 
 # WASI errno values (wasi_snapshot_preview1).
+_EDQUOT = 19
 _EFAULT = 21
 _EFBIG = 22
 _EINTR = 27
@@ -103,19 +104,36 @@ _NO_DEADLINE = 1 << 62
 """Epoch deadline for untimed runs. With epoch interruption enabled, a store's
 deadline starts at 0, which would trap at once."""
 
-_FORWARDER_WAT = """
-(module
-  (import "wasi_snapshot_preview1" "fd_write"
-    (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "poll_oneoff"
-    (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
-  (import "wagi" "memory" (memory 0))
-  (export "memory" (memory 0))
-  (func (export "fd_write") (param i32 i32 i32 i32) (result i32)
-    (call $fd_write (local.get 0) (local.get 1) (local.get 2) (local.get 3)))
-  (func (export "poll_oneoff") (param i32 i32 i32 i32) (result i32)
-    (call $poll_oneoff (local.get 0) (local.get 1) (local.get 2) (local.get 3))))
-"""
+_FORWARDED = {
+    "fd_write": "i32 i32 i32 i32",
+    "poll_oneoff": "i32 i32 i32 i32",
+    # The write budget's (see _bind_write_budget).
+    "fd_pwrite": "i32 i32 i32 i64 i32",
+    "fd_allocate": "i32 i64 i64",
+    "path_open": "i32 i32 i32 i32 i32 i64 i64 i32 i32",
+    "path_create_directory": "i32 i32 i32",
+    "path_symlink": "i32 i32 i32 i32 i32",
+    "path_link": "i32 i32 i32 i32 i32 i32 i32",
+}
+"""The WASI functions host functions call through the forwarder, and their parameters."""
+
+
+def _forwarder_wat() -> str:
+    imports = "".join(
+        f'(import "{_WASI}" "{name}" (func ${name} (param {params}) (result i32)))\n'
+        for name, params in _FORWARDED.items()
+    )
+    exports = "".join(
+        f'(func (export "{name}") (param {params}) (result i32) (call ${name} '
+        + " ".join(f"(local.get {i})" for i in range(len(params.split())))
+        + "))\n"
+        for name, params in _FORWARDED.items()
+    )
+    memory = '(import "wagi" "memory" (memory 0)) (export "memory" (memory 0))\n'
+    return f"(module\n{imports}{memory}{exports})"
+
+
+_FORWARDER_WAT = _forwarder_wat()
 """Calls WASI on behalf of a host function (see the module docstring)."""
 
 # wasmtime-py's raw C bindings, for stdin from bytes (see _set_stdin).
@@ -140,6 +158,7 @@ class _RunContext:
         "engine",
         "forwarder",
         "max_output",
+        "max_write",
         "outbound",
         "outbound_policy",
         "stderr",
@@ -147,6 +166,7 @@ class _RunContext:
         "stdout",
         "stopped",
         "store",
+        "written",
     )
 
     def __init__(
@@ -170,6 +190,9 @@ class _RunContext:
         self.stopped: Ending | None = None
         """Set when a host function ended the run (output limit, sleep past the deadline)."""
         self.forwarder: Mapping[str, Any] | None = None
+        self.max_write: int | None = None
+        """``Limits.max_write``: the run's file write budget, charged in :attr:`written`."""
+        self.written = 0
         self.outbound_policy: OutboundPolicy | None = None
         self.outbound: OutboundSession | None = None
         """Made at the run's first outbound HTTP call."""
@@ -195,6 +218,42 @@ class _RunContext:
         if self.stopped is None:
             self.stopped = ending
         self.store.set_epoch_deadline(0)
+
+    def forward_charged(
+        self, caller: wasmtime.Caller, name: str, cost: int, written_ptr: int, *args: int
+    ) -> int:
+        """Call WASI's ``name`` if ``cost`` bytes fit the write budget, then charge them.
+
+        With ``written_ptr``, what is charged is the count WASI wrote there (the bytes a
+        write really wrote), not ``cost``.
+        """
+        if self.max_write is None:
+            return self.forward(caller, name, *args)
+        if self.written + cost > self.max_write:
+            return _EDQUOT
+        result = self.forward(caller, name, *args)
+        if result == 0:
+            if written_ptr >= 0:
+                base, size = _guest_memory(caller)
+                if written_ptr + 4 <= size:
+                    cost = struct.unpack("<I", ctypes.string_at(base + written_ptr, 4))[0]
+            self.written += cost
+        return result
+
+    def forward_write(
+        self, caller: wasmtime.Caller, name: str, iovs: int, count: int, nwritten: int, *args: int
+    ) -> int:
+        """Forward a write of the iovecs at ``iovs`` to a file, within the write budget."""
+        if self.max_write is None:
+            return self.forward(caller, name, *args)
+        base, size = _guest_memory(caller)
+        iovs &= _U32
+        count &= _U32
+        if iovs + 8 * count > size:
+            return _EFAULT
+        raw = ctypes.string_at(base + iovs, 8 * count) if count else b""
+        total = sum(length for _ptr, length in struct.iter_unpack("<II", raw))
+        return self.forward_charged(caller, name, total, nwritten & _U32, *args)
 
     def forward(self, caller: wasmtime.Caller, name: str, *args: int) -> int:
         """Call WASI's own ``name`` for the guest, through the forwarding module."""
@@ -231,7 +290,9 @@ def _make_host_functions(local: threading.local) -> tuple[Any, Any]:
         if ctx is None:
             raise wasmtime.Trap("wagi: fd_write called outside a run")
         if fd != 1 and fd != 2:
-            return ctx.forward(caller, "fd_write", fd, iovs, iovs_len, nwritten)
+            return ctx.forward_write(
+                caller, "fd_write", iovs, iovs_len, nwritten, fd, iovs, iovs_len, nwritten
+            )
         if ctx.stopped is not None:
             return _EFBIG
         base, size = _guest_memory(caller)
@@ -373,6 +434,58 @@ def _bind_outbound_http(linker: wasmtime.Linker, local: threading.local) -> None
         linker.define_func(IMPORT_MODULE, name, ty, host, access_caller=True)
 
 
+_ENTRY_COST = 4096
+"""What creating a file, directory or link costs against the write budget (one block)."""
+
+_O_CREAT = 1
+
+
+def _bind_write_budget(linker: wasmtime.Linker, local: threading.local) -> None:
+    """Shadow the WASI functions that make files grow or appear, to charge ``Limits.max_write``.
+
+    ``fd_write`` is already shadowed for stdout; its other fds are charged there. Runs
+    without a budget only pay the detour through the forwarder.
+    """
+    i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+
+    def context(name: str) -> _RunContext:
+        ctx: _RunContext | None = getattr(local, "ctx", None)
+        if ctx is None:
+            raise wasmtime.Trap(f"wagi: {name} called outside a run")
+        return ctx
+
+    def fd_pwrite(caller: wasmtime.Caller, *args: int) -> int:
+        _fd, iovs, count, _offset, nwritten = args
+        return context("fd_pwrite").forward_write(caller, "fd_pwrite", iovs, count, nwritten, *args)
+
+    def fd_allocate(caller: wasmtime.Caller, *args: int) -> int:
+        length = max(args[2], 0)
+        return context("fd_allocate").forward_charged(caller, "fd_allocate", length, -1, *args)
+
+    def path_open(caller: wasmtime.Caller, *args: int) -> int:
+        ctx = context("path_open")
+        if args[4] & _O_CREAT:
+            return ctx.forward_charged(caller, "path_open", _ENTRY_COST, -1, *args)
+        return ctx.forward(caller, "path_open", *args)
+
+    def creating(name: str) -> Any:
+        def create(caller: wasmtime.Caller, *args: int) -> int:
+            return context(name).forward_charged(caller, name, _ENTRY_COST, -1, *args)
+
+        return create
+
+    functions = {
+        "fd_pwrite": ([i32, i32, i32, i64, i32], fd_pwrite),
+        "fd_allocate": ([i32, i64, i64], fd_allocate),
+        "path_open": ([i32, i32, i32, i32, i32, i64, i64, i32, i32], path_open),
+        "path_create_directory": ([i32] * 3, creating("path_create_directory")),
+        "path_symlink": ([i32] * 5, creating("path_symlink")),
+        "path_link": ([i32] * 7, creating("path_link")),
+    }
+    for name, (params, func) in functions.items():
+        linker.define_func(_WASI, name, wasmtime.FuncType(params, [i32]), func, access_caller=True)
+
+
 class _EpochTicker:
     """Advances one engine's epoch every ``tick`` seconds while a timed run is active.
 
@@ -473,6 +586,7 @@ class WasmtimeEngine(Engine):
         memory_limit=True,
         interruptible=True,
         outbound_http=True,
+        write_budget=True,
     )
 
     def __init__(self, cache: ArtifactCache | None = None, *, tick: float = _DEFAULT_TICK) -> None:
@@ -499,6 +613,7 @@ class WasmtimeEngine(Engine):
             _WASI, "poll_oneoff", four_i32_to_i32, poll_oneoff, access_caller=True
         )
         _bind_outbound_http(self._linker, self._local)
+        _bind_write_budget(self._linker, self._local)
         # WASI's own functions, for the forwarder.
         self._wasi_linker = wasmtime.Linker(self._engine)
         self._wasi_linker.define_wasi()
@@ -559,11 +674,8 @@ class WasmtimeEngine(Engine):
         memory = caller.get("memory")
         if not isinstance(memory, wasmtime.Memory):
             raise wasmtime.Trap("wagi: the module does not export its memory as 'memory'")
-        imports = [
-            self._wasi_linker.get(caller, _WASI, "fd_write"),
-            self._wasi_linker.get(caller, _WASI, "poll_oneoff"),
-            memory,
-        ]
+        imports = [self._wasi_linker.get(caller, _WASI, name) for name in _FORWARDED]
+        imports.append(memory)
         instance = wasmtime.Instance(caller, self._forwarder_module, imports)
         return instance.exports(caller)
 
@@ -622,6 +734,7 @@ class WasmtimeEngine(Engine):
 
         ctx = _RunContext(self, store, limits.max_output, deadline, clock_origin_ns)
         ctx.outbound_policy = invocation.outbound
+        ctx.max_write = limits.max_write
         self._local.ctx = ctx
         ending = Ending.RETURNED
         exit_code = 0
