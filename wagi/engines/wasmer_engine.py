@@ -304,6 +304,11 @@ class WasmerEngine(Engine):
         self._scrubber: Any = None
         self._devnull: int | None = None
         self._poisoned = ""
+        self._http = _HttpBinding()
+        self._http_functions: dict[int, tuple[Any, dict[str, Any]]] = {}
+        """By ``id(store)``: the store (kept alive) and its ``wasi_experimental_http``
+        functions. wasmer keeps every function made in a Store until the Store goes,
+        so they are made once per Store, never per run."""
         self.stale_stdin_bytes = 0
         """Stdin bytes guests left unread, scrubbed before the next run (for tests/metrics)."""
 
@@ -459,8 +464,9 @@ class WasmerEngine(Engine):
             deadline = None
             if limits.timeout is not None:
                 deadline = time.monotonic() + max(limits.timeout - _OUTBOUND_MARGIN, 0.0)
-            http = _HttpBinding(OutboundSession(invocation.outbound or DENY_ALL, deadline))
-            imports.register(IMPORT_MODULE, http.functions(self._wasmer, compiled.store))
+            http = self._http
+            http.start(OutboundSession(invocation.outbound or DENY_ALL, deadline))
+            imports.register(IMPORT_MODULE, self._http_imports(compiled.store))
 
         outcome: tuple[Ending, int, str] | None = None
         link_error = ""
@@ -521,9 +527,18 @@ class WasmerEngine(Engine):
             )
         finally:
             if http is not None:
-                http.session.close_all()
+                http.end()
             for fd in (stdin_fd, stdout_fd, stderr_fd):
                 os.close(fd)
+
+    def _http_imports(self, store: Any) -> dict[str, Any]:
+        entry = self._http_functions.get(id(store))
+        if entry is None:
+            entry = self._http_functions[id(store)] = (
+                store,
+                self._http.functions(self._wasmer, store),
+            )
+        return entry[1]
 
     def _wasi_imports(self, module: WasmerModule, store: Any, invocation: Invocation) -> Any:
         """A fresh WASI state: argv, exactly ``invocation.env``, and (if allowed) preopens."""
@@ -672,15 +687,24 @@ class _WasmerMemory:
 
 
 class _HttpBinding:
-    """One run's ``wasi_experimental_http`` functions, bound to its session.
+    """The engine's ``wasi_experimental_http`` functions, bound to the current run's session.
 
     wasmer-python host functions get no caller: the memory is found through the
-    instance, known once it exists (before the guest can call anything).
+    instance, known once it exists (before the guest can call anything). The engine
+    runs one module at a time, so one binding serves every run.
     """
 
-    def __init__(self, session: OutboundSession) -> None:
-        self.session = session
+    def __init__(self) -> None:
+        self.session = OutboundSession(DENY_ALL, None)
         self.instance: Any = None
+
+    def start(self, session: OutboundSession) -> None:
+        self.session = session
+        self.instance = None
+
+    def end(self) -> None:
+        self.session.close_all()
+        self.instance = None
 
     def functions(self, wasmer: Any, store: Any) -> dict[str, Any]:
         i32 = wasmer.Type.I32
@@ -690,9 +714,8 @@ class _HttpBinding:
         }
 
     def _host(self, name: str) -> Any:
-        session = self.session
-
         def host(*args: int) -> int:
+            session = self.session
             code = session.call(name, _WasmerMemory(self.instance), *args)
             if session.timed_out:
                 # The guest cannot be interrupted; trapping it now ends the run before
