@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from wagi.cgi_request import ArgvTemplate
 from wagi.config import ConfigError, LocalModule, Volume, load_config, load_env_file
 
 from .conftest import PROBE
@@ -27,7 +28,7 @@ def test_minimal_entry_gets_defaults(tmp_path: Path) -> None:
     assert module.route == "/x"
     assert module.module == LocalModule(PROBE)
     assert module.entrypoint == "_start"
-    assert module.argv == "${SCRIPT_NAME} ${ARGS}"
+    assert module.argv == ArgvTemplate.parse("${SCRIPT_NAME} ${ARGS}")
     assert module.volumes == ()
     assert module.environment == ()
     assert module.timeout is None and module.max_memory is None
@@ -61,7 +62,7 @@ def test_full_entry(tmp_path: Path) -> None:
     )
     (module,) = load_config(write(tmp_path, text)).modules
     assert module.entrypoint == "hello"
-    assert module.argv == "${SCRIPT_NAME} extra ${ARGS}"
+    assert module.argv == ArgvTemplate.parse("${SCRIPT_NAME} extra ${ARGS}")
     assert module.volumes == (Volume("/ro", tmp_path / "ro", True),)
     assert module.environment == (("GREETING", "hi"),)
     assert module.timeout == 2.5
@@ -88,13 +89,14 @@ def test_file_url_module(tmp_path: Path) -> None:
         (entry("colour = 1"), "(route '/x'), key 'colour': unknown key"),
         (entry("entrypoint = 3"), "key 'entrypoint': expected a non-empty string"),
         (entry('entrypoint = "a b"'), "key 'entrypoint': not a valid export name"),
-        (entry('argv = ""'), "key 'argv': expected a non-empty string"),
+        (entry('argv = ""'), "key 'argv': expected a non-empty string or a list of strings"),
+        (entry("argv = []"), "key 'argv': expected a string or a non-empty list of strings"),
+        (entry('argv = ["a", 1]'), "key 'argv': item 1 is not a string: 1"),
+        (entry('argv = ["${PATH}"]'), "key 'argv': item 0 ('${PATH}'): unknown placeholder"),
         (entry("timeout = -1"), "key 'timeout': a timeout must be a positive number"),
         (entry('timeout = "soon"'), "key 'timeout': expected a number of seconds"),
         (entry('max_memory = "lots"'), "key 'max_memory': expected a size"),
         (entry("max_memory = 0"), "key 'max_memory': a size must be positive"),
-        (entry('allowed_hosts = ["https://example.com"]'), "key 'allowed_hosts': outbound HTTP"),
-        (entry("http_max_concurrency = 4"), "key 'http_max_concurrency': outbound HTTP"),
         (entry('environment = "A=1"'), "key 'environment': expected a table"),
         (entry('environment = { "1A" = "x" }'), "key 'environment': '1A' is not a valid"),
         (entry("environment = { A = 1 }"), "key 'environment': A: expected a string"),

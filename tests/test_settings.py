@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from wagi import settings
-from wagi.cgi_request import build_argv
+from wagi.cgi_request import ArgvTemplate, build_argv
 
 
 def parse(argv: list[str], environ: dict[str, str] | None = None) -> settings.ServerSettings:
@@ -96,6 +96,30 @@ def test_byte_sizes(size: str | int, expected: int) -> None:
 )
 def test_argv_template(template: str, query: str, argv: list[str]) -> None:
     assert build_argv(template, "/env", query) == argv
+
+
+@pytest.mark.parametrize(
+    ("template", "query", "argv"),
+    [
+        (
+            ["tool", "-p", "read x; run y", "${ARGS}"],
+            "a=1&b",
+            ["tool", "-p", "read x; run y", "a=1", "b"],
+        ),
+        (["tool", "${ARGS}", "last"], "", ["tool", "last"]),
+        (["${SCRIPT_NAME}", "", " spaced "], "x", ["/env", "", " spaced "]),
+        (["run ${SCRIPT_NAME}.wasm", "--q=${ARGS}"], "a&b", ["run /env.wasm", "--q=a b"]),
+        (["$HOME", "${ARGS"], "x", ["$HOME", "${ARGS"]),
+    ],
+)
+def test_argv_list_template(template: list[str], query: str, argv: list[str]) -> None:
+    assert ArgvTemplate.parse(template).expand("/env", query) == argv
+
+
+def test_argv_placeholders_are_substituted_once() -> None:
+    # A script name holding a placeholder's text is not expanded again.
+    template = ArgvTemplate.parse(["x=${SCRIPT_NAME}", "${ARGS}"])
+    assert template.expand("/a${ARGS}", "q") == ["x=/a${ARGS}", "q"]
 
 
 def test_reference_table_lists_every_setting() -> None:

@@ -8,7 +8,9 @@ nothing can override.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from werkzeug.wrappers import Request
@@ -41,14 +43,95 @@ def raw_path_and_query(environ: Mapping[str, object]) -> tuple[str, str]:
     return quote(script + path_info) or "/", str(environ.get("QUERY_STRING", ""))
 
 
-def build_argv(template: str, script_name: str, query: str) -> list[str]:
+ARGS = "${ARGS}"
+SCRIPT_NAME = "${SCRIPT_NAME}"
+PLACEHOLDERS = (SCRIPT_NAME, ARGS)
+_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+
+
+@dataclass(frozen=True)
+class ArgvTemplate:
+    """How a route builds its argv, parsed once at start-up (``argv`` in modules.toml).
+
+    Two forms, with the placeholders ``${SCRIPT_NAME}`` and ``${ARGS}`` (the query
+    string split on ``&``, items kept raw, not decoded):
+
+    - a string (WAGI 0.8's form): the placeholders are substituted, then the
+      result is split on whitespace, so empty items vanish::
+
+          >>> ArgvTemplate.parse("${SCRIPT_NAME} ${ARGS}").expand("/env", "a=1&b=2")
+          ['/env', 'a=1', 'b=2']
+
+    - a list of strings: each item is one argument, spaces and empty strings
+      included. An item that is exactly ``${ARGS}`` becomes the query's items
+      (none for an empty query); elsewhere the placeholders substitute inside
+      the item (``${ARGS}`` as the items joined by spaces)::
+
+          >>> t = ArgvTemplate.parse(["tool", "-p", "read x; run y", "${ARGS}"])
+          >>> t.expand("/t", "a&b")
+          ['tool', '-p', 'read x; run y', 'a', 'b']
+          >>> ArgvTemplate.parse(["${SCRIPT_NAME}.sh", "--q=${ARGS}"]).expand("/t", "")
+          ['/t.sh', '--q=']
+    """
+
+    items: tuple[str, ...]
+    """The list form's items, or the string form as its only item."""
+    split: bool = False
+    """The string form: substitute, then split on whitespace."""
+
+    @classmethod
+    def parse(cls, value: object) -> ArgvTemplate:
+        """Check a TOML value; raise ValueError with a message fit for the user."""
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError(f"expected a non-empty string or a list of strings, got {value!r}")
+            return cls((value,), split=True)
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"expected a string or a non-empty list of strings, got {value!r}")
+        for number, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ValueError(f"item {number} is not a string: {item!r}")
+            for name in _PLACEHOLDER.findall(item):
+                if "${" + name + "}" not in PLACEHOLDERS:
+                    raise ValueError(
+                        f"item {number} ({item!r}): unknown placeholder ${{{name}}} "
+                        f"(known: {', '.join(PLACEHOLDERS)})"
+                    )
+        return cls(tuple(value))
+
+    def expand(self, script_name: str, query: str) -> list[str]:
+        """The argv of one request."""
+        args = query.split("&") if query else []
+        if self.split:
+            joined = " ".join(args)
+            return self.items[0].replace(SCRIPT_NAME, script_name).replace(ARGS, joined).split()
+        values = {SCRIPT_NAME: script_name, ARGS: " ".join(args)}
+
+        def substitute(match: re.Match[str]) -> str:
+            return values[match.group(0)]
+
+        argv: list[str] = []
+        for item in self.items:
+            if item == ARGS:
+                argv.extend(args)
+            elif "${" in item:
+                argv.append(_PLACEHOLDER.sub(substitute, item))
+            else:
+                argv.append(item)
+        return argv
+
+
+DEFAULT_ARGV = ArgvTemplate(("${SCRIPT_NAME} ${ARGS}",), split=True)
+
+
+def build_argv(template: ArgvTemplate | str, script_name: str, query: str) -> list[str]:
     """``"${SCRIPT_NAME} ${ARGS}"`` -> ``["/env", "greet=matt", "foo=bar"]``.
 
-    The query string is split on ``&`` and the items are kept raw (not decoded),
-    as in WAGI; the result is then split on whitespace, so empty items vanish.
+    See :class:`ArgvTemplate`; a plain string is the string form.
     """
-    args = " ".join(query.split("&")) if query else ""
-    return template.replace("${SCRIPT_NAME}", script_name).replace("${ARGS}", args).split()
+    if isinstance(template, str):
+        template = ArgvTemplate.parse(template)
+    return template.expand(script_name, query)
 
 
 def _split_host(host: str, default_port: str) -> tuple[str, str]:

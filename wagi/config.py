@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from wagi.cgi_request import DEFAULT_ARGV, ArgvTemplate
+from wagi.outbound_http import Origin, parse_allowed_hosts, parse_max_concurrency
 from wagi.routing import validate_route
 from wagi.settings import ENV_NAME, parse_byte_size, parse_seconds
 
@@ -29,7 +31,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on the 3.10 leg
     import tomli as tomllib
 
-DEFAULT_ARGV = "${SCRIPT_NAME} ${ARGS}"
 DEFAULT_ENTRYPOINT = "_start"
 MODULE_SUFFIXES = (".wasm", ".wat")
 
@@ -79,8 +80,9 @@ MODULE_KEYS: tuple[ModuleKey, ...] = (
     ModuleKey(
         "argv",
         f"The command line: a template with `${{SCRIPT_NAME}}` and `${{ARGS}}` (the query "
-        f"items), split on whitespace (default `{DEFAULT_ARGV}`).",
-        '"${SCRIPT_NAME} --verbose ${ARGS}"',
+        f"items), split on whitespace (default `{DEFAULT_ARGV}`); or a list of strings, whose "
+        "items may hold spaces, where an item `${ARGS}` expands to the query's items.",
+        '["tool", "-p", "read x; run y", "${ARGS}"]',
     ),
     ModuleKey(
         "timeout",
@@ -95,14 +97,23 @@ MODULE_KEYS: tuple[ModuleKey, ...] = (
     ),
     ModuleKey(
         "allowed_hosts",
-        "Outbound HTTP: not supported yet. An empty list (deny all) is accepted; anything "
-        "else stops start-up.",
-        "[]",
+        "Outbound HTTP (WAGI 0.8's `wasi_experimental_http`): the origins (scheme, host, "
+        "optional port) the module may call; empty or absent denies all. Loopback, link-local "
+        "and metadata addresses only when listed as addresses; redirects are followed only "
+        "within the list.",
+        '["https://api.example.com", "http://127.0.0.1:8080"]',
     ),
     ModuleKey(
         "http_max_concurrency",
-        "Outbound HTTP: not supported yet; stops start-up.",
+        "Outbound HTTP responses a run may hold open at once (at most 64).",
         "4",
+    ),
+    ModuleKey(
+        "tmp",
+        "A private, empty, writable directory per request (`true` for `/tmp`, or a guest "
+        "path, or `{ path = ..., max_size = ... }`), removed after the request; what the "
+        "module writes to files is bounded by `max_size` (default 64 MiB).",
+        '{ path = "/tmp", max_size = "16 MiB" }',
     ),
     ModuleKey(
         "repository",
@@ -127,6 +138,10 @@ def module_keys_table() -> str:
 
 
 _EXPORT_NAME = re.compile(r"[^\s]+")
+
+
+DEFAULT_TMP_PATH = "/tmp"
+DEFAULT_TMP_MAX_SIZE = 64 * 1024**2
 
 
 class ConfigError(Exception):
@@ -249,6 +264,15 @@ def parse_oci_reference(raw: str) -> OciModule:
 
 
 @dataclass(frozen=True)
+class Scratch:
+    """A route's ``tmp``: a private, empty directory per request (see :mod:`wagi.scratch`)."""
+
+    guest_path: str = DEFAULT_TMP_PATH
+    max_size: int = DEFAULT_TMP_MAX_SIZE
+    """Bytes a request may write to files (plus 4 KiB per file, directory or link made)."""
+
+
+@dataclass(frozen=True)
 class ModuleEntry:
     """One ``[[module]]`` table: what to run for a route."""
 
@@ -259,7 +283,11 @@ class ModuleEntry:
     entrypoint: str = DEFAULT_ENTRYPOINT
     volumes: tuple[Volume, ...] = ()
     environment: tuple[tuple[str, str], ...] = ()
-    argv: str = DEFAULT_ARGV
+    argv: ArgvTemplate = DEFAULT_ARGV
+    allowed_hosts: tuple[Origin, ...] = ()
+    """Origins the module may reach over HTTP; empty denies all."""
+    http_max_concurrency: int | None = None
+    tmp: Scratch | None = None
     timeout: float | None = None
     max_memory: int | None = None
 
@@ -345,15 +373,6 @@ class _EntryParser:
             route = validate_route(t["route"])
         except ValueError as exc:
             raise self.error("route", str(exc)) from None
-        if t.get("allowed_hosts"):
-            raise self.error(
-                "allowed_hosts", "outbound HTTP (wasi-experimental-http) is not supported yet"
-            )
-        if "http_max_concurrency" in t:
-            raise self.error(
-                "http_max_concurrency",
-                "outbound HTTP (wasi-experimental-http) is not supported yet",
-            )
         return ModuleEntry(
             index=self.index,
             route=route,
@@ -361,7 +380,10 @@ class _EntryParser:
             entrypoint=self.string("entrypoint", DEFAULT_ENTRYPOINT, pattern=_EXPORT_NAME),
             volumes=self.volumes(t.get("volumes", {})),
             environment=self.environment(t.get("environment", {})),
-            argv=self.string("argv", DEFAULT_ARGV),
+            argv=self.limit("argv", ArgvTemplate.parse) or DEFAULT_ARGV,
+            allowed_hosts=self.limit("allowed_hosts", parse_allowed_hosts) or (),
+            http_max_concurrency=self.limit("http_max_concurrency", parse_max_concurrency),
+            tmp=self.scratch(t.get("tmp", False)),
             timeout=self.limit("timeout", parse_seconds),
             max_memory=self.limit("max_memory", parse_byte_size),
         )
@@ -444,6 +466,32 @@ class _EntryParser:
                 )
             volumes.append(Volume(guest_path=guest, host_path=host, read_only=read_only))
         return tuple(volumes)
+
+    def scratch(self, raw: Any) -> Scratch | None:
+        """``tmp = true``, ``"/scratch"`` or ``{ path = "/tmp", max_size = "1 GiB" }``."""
+        if raw is False:
+            return None
+        if raw is True:
+            return Scratch()
+        spec = {"path": raw} if isinstance(raw, str) else raw
+        if not isinstance(spec, dict) or set(spec) - {"path", "max_size"}:
+            raise self.error(
+                "tmp",
+                'expected true, a guest path such as "/tmp", or '
+                '{ path = "/tmp", max_size = "64 MiB" }',
+            )
+        path = spec.get("path", DEFAULT_TMP_PATH)
+        if not isinstance(path, str) or not path.startswith("/") or path == "/":
+            raise self.error("tmp", f"the guest path must be absolute and not '/', got {path!r}")
+        if any(v.guest_path == path for v in self.volumes(self.table.get("volumes", {}))):
+            raise self.error("tmp", f"{path!r} is already a volume")
+        max_size = DEFAULT_TMP_MAX_SIZE
+        if "max_size" in spec:
+            try:
+                max_size = parse_byte_size(spec["max_size"])
+            except ValueError as exc:
+                raise self.error("tmp", f"max_size: {exc}") from None
+        return Scratch(path.rstrip("/"), max_size)
 
     def environment(self, raw: Any) -> tuple[tuple[str, str], ...]:
         if not isinstance(raw, dict):

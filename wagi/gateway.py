@@ -32,12 +32,13 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Request, Response
 
+from wagi import scratch
 from wagi.cgi_request import build_argv, cgi_variables, raw_path_and_query
 from wagi.cgi_response import BadCgiResponse, parse_cgi_response, parse_head, split_head
 from wagi.config import Config
 from wagi.engines import create_engine
 from wagi.engines.base import Ending, Engine, EngineBroken, EngineError, Invocation, RunResult
-from wagi.handlers import Handler, build_routing_table, invocation_for
+from wagi.handlers import Handler, StartupError, build_routing_table, invocation_for
 from wagi.loader import ModuleLoader
 from wagi.module_log import ModuleLog
 from wagi.policy import EngineChoice, choose_engine
@@ -163,6 +164,11 @@ class Gateway:
             watchdog = Watchdog(http_bytes(error_response(504, TIMEOUT_MESSAGE)))
         engine = create_engine(choice.name, settings.cache_dir)
         loader = ModuleLoader(engine)
+        if any(entry.tmp for entry in config.modules):
+            try:  # remove what killed workers left behind before serving
+                scratch.worker_folder()
+            except (scratch.ScratchError, OSError) as exc:
+                raise StartupError(f"{config.path}: key 'tmp': {exc}") from None
         table = build_routing_table(config, engine, loader, settings)
         gateway = cls(settings, engine, loader, table, ModuleLog(settings.log_dir))
         gateway.watchdog = watchdog
@@ -220,11 +226,13 @@ class Gateway:
         invocation = invocation_for(handler, argv, cgi_env, body)
         if self.engine.capabilities.streaming:
             return self.stream(request, handler, module, invocation, route)
+        client = request.environ.get("gunicorn.socket")
         try:
-            result = self.run(module, invocation, request.environ.get("gunicorn.socket"), route)
+            with scratch.provide(invocation, handler.scratch) as invocation:
+                result = self.run(module, invocation, client, route)
         except Unfit:
             return error_response(503, UNFIT_MESSAGE)
-        except EngineError as exc:
+        except (EngineError, OSError) as exc:
             logger.error("[%s] cannot run %s: %s", route, handler.entry.module, exc)
             return error_response(500, "the module could not be started")
         self.module_log.write(route, result.stderr)
@@ -248,9 +256,10 @@ class Gateway:
         try:
             os.set_blocking(write_fd, False)  # the engine waits for room up to the deadline
             run = functools.partial(
-                self.engine.run,
+                self.run_with_scratch,
                 module,
                 dataclasses.replace(invocation, stdout_fd=write_fd, stream_after=STREAM_AFTER),
+                handler,
             )
             job = self.pool_for(handler).submit(run, close_fd=write_fd)
         except BaseException:
@@ -276,7 +285,7 @@ class Gateway:
                 self.module_log.write(route, job.result().stderr)
                 logger.error("[%s] invalid CGI response: %s", route, exc)
                 return error_response(500, "the module's response was not valid CGI")
-        except EngineError as exc:
+        except (EngineError, OSError) as exc:
             output.abandon()
             logger.error("[%s] cannot run %s: %s", route, handler.entry.module, exc)
             return error_response(500, "the module could not be started")
@@ -292,6 +301,11 @@ class Gateway:
             cgi.headers,
             timeout,
         )
+
+    def run_with_scratch(self, module: Any, invocation: Invocation, handler: Handler) -> RunResult:
+        """On a runner thread: the run, with the route's scratch directory for its lifetime."""
+        with scratch.provide(invocation, handler.scratch) as provided:
+            return self.engine.run(module, provided)
 
     def finish_stream(
         self, route: str, job: Job[RunResult], sent: int, timeout: float | None

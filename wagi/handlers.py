@@ -13,9 +13,11 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from wagi.config import Config, ConfigError, ModuleEntry, load_env_file
+from wagi import scratch
+from wagi.config import Config, ConfigError, ModuleEntry, Scratch, load_env_file
 from wagi.engines.base import Engine, EngineError, Invocation, Limits, Preopen
 from wagi.loader import ModuleLoader
+from wagi.outbound_http import OutboundPolicy
 from wagi.routing import Route, RoutingTable, join_subroute
 from wagi.settings import ServerSettings
 
@@ -36,6 +38,9 @@ class Handler:
     """Global variables, then the module's own; the CGI variables go on top per request."""
     preopens: tuple[Preopen, ...]
     limits: Limits
+    outbound: OutboundPolicy
+    scratch: Scratch | None
+    """A private directory per request (``tmp``), made by :func:`wagi.scratch.provide`."""
 
 
 def global_environment(settings: ServerSettings) -> dict[str, str]:
@@ -60,6 +65,13 @@ def make_handler(
             max_memory=entry.max_memory or settings.max_memory,
             max_output=settings.max_response,
         ),
+        outbound=OutboundPolicy(
+            allowed=entry.allowed_hosts,
+            max_concurrency=entry.http_max_concurrency,
+            max_header_bytes=settings.outbound_max_headers,
+            max_body_bytes=settings.outbound_max_body,
+        ),
+        scratch=entry.tmp,
     )
 
 
@@ -122,8 +134,9 @@ def build_routing_table(
             continue
         listing = dataclasses.replace(parent, entrypoint=ROUTES_EXPORT)
         try:
-            result = engine.run(module, invocation_for(listing, [entry.route], {}, b""))
-        except EngineError as exc:
+            with scratch.provide(invocation_for(listing, [entry.route], {}, b""), entry.tmp) as inv:
+                result = engine.run(module, inv)
+        except (EngineError, scratch.ScratchError) as exc:
             raise StartupError(f"{where}: running _routes failed: {exc}") from None
         if not result.succeeded:
             raise StartupError(f"{where}: _routes {result.ending.value}: {result.detail}")
@@ -144,4 +157,5 @@ def invocation_for(
         stdin=stdin,
         preopens=handler.preopens,
         limits=handler.limits,
+        outbound=handler.outbound,
     )

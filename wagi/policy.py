@@ -67,6 +67,23 @@ def refusals(name: str, config: Config, max_memory: int | None) -> list[str]:
                 f"{where}, key 'volumes': {name} cannot make a volume read-only; "
                 "use the wasmtime engine"
             )
+        if entry.tmp and not (caps.volumes and caps.write_budget):
+            problems.append(
+                f"{where}, key 'tmp': {name} cannot "
+                + (
+                    "bound what a module writes to files"
+                    if caps.volumes
+                    else "confine a module to a directory (absolute paths and symlinks reach "
+                    "any host file)"
+                )
+                + ", so it gives modules no scratch directory; use the wasmtime engine"
+            )
+        if (entry.allowed_hosts or entry.http_max_concurrency) and not caps.outbound_http:
+            key = "allowed_hosts" if entry.allowed_hosts else "http_max_concurrency"
+            problems.append(
+                f"{where}, key {key!r}: {name} cannot give modules outbound HTTP; "
+                "use the wasmtime engine"
+            )
         if (entry.max_memory or max_memory) and not caps.memory_limit:
             key = "max_memory" if entry.max_memory else "--max-memory"
             problems.append(

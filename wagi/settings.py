@@ -241,6 +241,26 @@ SETTINGS: Sequence[Setting] = (
         default_doc="64 MiB",
     ),
     Setting(
+        "outbound_max_headers",
+        "--outbound-max-headers",
+        "Largest response header block a module's outbound HTTP request may receive; "
+        "more fails the request.",
+        64 * 1024,
+        parse_byte_size,
+        metavar="SIZE",
+        default_doc="64 KiB",
+    ),
+    Setting(
+        "outbound_max_body",
+        "--outbound-max-body",
+        "Largest response body a module's outbound HTTP request may receive; more fails "
+        "the request.",
+        16 * 1024**2,
+        parse_byte_size,
+        metavar="SIZE",
+        default_doc="16 MiB",
+    ),
+    Setting(
         "trusted_proxy_hops",
         "--trusted-proxy-hops",
         "Number of reverse proxies in front of wagi whose X-Forwarded-For/-Proto/-Host/-Port "
@@ -289,6 +309,8 @@ class ServerSettings:
     max_memory: int | None
     max_body: int
     max_response: int
+    outbound_max_headers: int
+    outbound_max_body: int
     trusted_proxy_hops: int
     oci_ca_file: Path | None
     oci_plain_http: str

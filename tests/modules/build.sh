@@ -18,7 +18,7 @@ if [[ -n "${WASI_SYSROOT:-}" ]]; then
 fi
 LDFLAGS=(-Wl,--strip-debug)
 
-for name in probe; do
+for name in probe outbound files; do
     "$CC" "${CFLAGS[@]}" "${LDFLAGS[@]}" -o "$name.wasm" "$name.c"
     chmod 644 "$name.wasm"
     echo "built tests/modules/$name.wasm"

@@ -20,7 +20,10 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from wagi.outbound_http import OutboundPolicy
 
 HOLD_LIMIT = 256 * 1024
 """stdout bytes held back before a streaming run starts writing to ``stdout_fd``."""
@@ -57,6 +60,9 @@ class Limits:
     """Bytes of linear memory the instance may grow to."""
     max_output: int | None = None
     """Bytes the module may write to stdout."""
+    max_write: int | None = None
+    """Bytes the module may write to files (fds other than 1 and 2), each file, directory or
+    link it creates counting 4 KiB; past it, writes fail with ``EDQUOT``."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,8 @@ class Invocation:
     the pipe only sees EOF. ``None`` keeps all of it in :attr:`RunResult.stdout`.
     Engines without :attr:`Capabilities.streaming` ignore it."""
     stream_after: float = 0.0
+    outbound: OutboundPolicy | None = None
+    """Outbound HTTP (``wasi_experimental_http``) for this run; ``None`` denies every request."""
 
 
 class Ending(enum.Enum):
@@ -129,6 +137,10 @@ class Capabilities:
     not may only be used on the thread that created it (wasmer-python's objects)."""
     streaming: bool = False
     """stdout reaches ``Invocation.stdout_fd`` while the module runs (not only at its end)."""
+    outbound_http: bool = False
+    """Binds the ``wasi_experimental_http`` host functions (:mod:`wagi.outbound_http`)."""
+    write_budget: bool = False
+    """Enforces ``Limits.max_write`` (what bounds a scratch directory, :mod:`wagi.scratch`)."""
 
 
 class LoadedModule(abc.ABC):

@@ -62,6 +62,15 @@ from typing import Any
 
 import wasmtime
 
+from wagi.outbound_http import (
+    DENY_ALL,
+    IMPORT_MODULE,
+    SIGNATURES,
+    GuestMemoryError,
+    HttpError,
+    OutboundSession,
+)
+
 from .base import (
     STDERR_LIMIT,
     Capabilities,
@@ -85,6 +94,13 @@ _EXIT_MESSAGE = re.compile(r"RuntimeError: WASI exited with code: ([0-9]{1,10})"
 
 _WASI_NAMESPACES = frozenset({"wasi_snapshot_preview1", "wasi_unstable"})
 """The only import namespaces a module can link against here."""
+
+_OUTBOUND_MARGIN = 0.1
+"""Seconds before the run's deadline at which outbound HTTP gives up on wasmer.
+
+wasmer cannot interrupt a guest, so past the deadline the watchdog ends the worker.
+A request cut short a little earlier lets the host function trap the guest, the run
+end as timed out (504) and the worker live on."""
 
 _LINK_ERROR_PREFIX = "Error while importing "
 """How wasmer words a missing or mistyped import at instantiation."""
@@ -232,6 +248,8 @@ class WasmerModule(LoadedModule):
     """The binary it was compiled from, the source of its memory-capped variants."""
     capped: dict[int, _Compiled | str] = field(default_factory=dict, repr=False)
     """By ``max_memory``: the variant that cannot grow past it, or why there is none."""
+    imports_http: bool = False
+    """Whether it imports ``wasi_experimental_http`` (outbound HTTP)."""
 
 
 class WasmerEngine(Engine):
@@ -256,6 +274,8 @@ class WasmerEngine(Engine):
         # wasmer-python objects panic ("unsendable") when used on another thread than
         # the one that created them.
         thread_safe=False,
+        # Python host functions in the import object, memory from the instance.
+        outbound_http=True,
     )
 
     def __init__(self, cache: ArtifactCache | None = None, *, unconfined_volumes: bool = False):
@@ -273,6 +293,11 @@ class WasmerEngine(Engine):
         # creating the engine and loading its modules may open no path at all.
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._poisoned = ""
+        self._http = _HttpBinding()
+        self._http_functions: dict[int, tuple[Any, dict[str, Any]]] = {}
+        """By ``id(store)``: the store (kept alive) and its ``wasi_experimental_http``
+        functions. wasmer keeps every function made in a Store until the Store goes,
+        so they are made once per Store, never per run."""
         self.stale_stdin_bytes = 0
         """Stdin bytes guests left unread, scrubbed before the next run (for tests/metrics)."""
 
@@ -316,6 +341,7 @@ class WasmerEngine(Engine):
             wasi_version=wasi_version,
             params=params,
             wasm=wasm,
+            imports_http=any(item.module == IMPORT_MODULE for item in module.imports),
         )
 
     def _compile_cached(self, path: Path, wasm: bytes, digest: str) -> tuple[Any, Any]:
@@ -379,13 +405,32 @@ class WasmerEngine(Engine):
         """
         own = self._own(module)
         for item in own.module.imports:
-            if item.module not in _WASI_NAMESPACES:
+            if item.module == IMPORT_MODULE:
+                self._check_http_import(own, item)
+            elif item.module not in _WASI_NAMESPACES:
                 raise EngineError(
                     f"{module.path}: cannot be instantiated: it imports "
                     f"{item.module}::{item.name}, and wagi provides only WASI "
                     f"({', '.join(sorted(_WASI_NAMESPACES))})"
                 )
         self._limited(own, limits.max_memory)
+
+    def _check_http_import(self, module: WasmerModule, item: Any) -> None:
+        i32 = self._wasmer.Type.I32
+        count = SIGNATURES.get(item.name)
+        ty = item.type
+        if (
+            count is None
+            or not isinstance(ty, self._wasmer.FunctionType)
+            or list(ty.params) != [i32] * count
+            or list(ty.results) != [i32]
+        ):
+            raise EngineError(
+                f"{module.path}: cannot be instantiated: it imports "
+                f"{IMPORT_MODULE}::{item.name}, which is not a function of the "
+                f"{IMPORT_MODULE} ABI with that type (wagi provides "
+                f"{', '.join(sorted(SIGNATURES))})"
+            )
 
     # -- running -----------------------------------------------------------
 
@@ -407,6 +452,14 @@ class WasmerEngine(Engine):
         limits = invocation.limits
         compiled = self._limited(module, limits.max_memory)
         imports = self._wasi_imports(module, compiled.store, invocation)
+        http: _HttpBinding | None = None
+        if module.imports_http:
+            deadline = None
+            if limits.timeout is not None:
+                deadline = time.monotonic() + max(limits.timeout - _OUTBOUND_MARGIN, 0.0)
+            http = self._http
+            http.start(OutboundSession(invocation.outbound or DENY_ALL, deadline))
+            imports.register(IMPORT_MODULE, self._http_imports(compiled.store))
 
         outcome: tuple[Ending, int, str] | None = None
         link_error = ""
@@ -421,6 +474,8 @@ class WasmerEngine(Engine):
                 instance = None
                 try:
                     instance = self._wasmer.Instance(compiled.module, imports)
+                    if http is not None:
+                        http.instance = instance
                     if entry != "_start" and "_initialize" in module.params:
                         instance.exports._initialize()
                     getattr(instance.exports, entry)()
@@ -436,6 +491,10 @@ class WasmerEngine(Engine):
                 raise EngineError(f"{module.path}: cannot instantiate: {link_error}")
             assert outcome is not None
             ending, exit_code, detail = outcome
+            if http is not None and http.session.timed_out:
+                ending = Ending.TIMED_OUT
+                detail = "an outbound HTTP request reached the module's deadline"
+                elapsed = 0.0  # the timeout is already what happened
             written = os.lseek(stdout_fd, 0, os.SEEK_CUR)
             then = f"; the guest {ending.value} {detail}".rstrip()
             if limits.timeout is not None and elapsed > limits.timeout:
@@ -449,16 +508,30 @@ class WasmerEngine(Engine):
                 detail += f"{limits.max_output} byte limit{then}"
             too_large = ending is Ending.OUTPUT_TOO_LARGE
             stdout = b"" if too_large else _read_prefix(stdout_fd, written)
+            stderr = self._stderr(stderr_fd)
+            if http is not None:
+                stderr += http.session.report()
             return RunResult(
                 ending=ending,
                 stdout=stdout,
-                stderr=self._stderr(stderr_fd),
+                stderr=stderr,
                 exit_code=exit_code,
                 detail=detail,
             )
         finally:
+            if http is not None:
+                http.end()
             for fd in (stdin_fd, stdout_fd, stderr_fd):
                 os.close(fd)
+
+    def _http_imports(self, store: Any) -> dict[str, Any]:
+        entry = self._http_functions.get(id(store))
+        if entry is None:
+            entry = self._http_functions[id(store)] = (
+                store,
+                self._http.functions(self._wasmer, store),
+            )
+        return entry[1]
 
     def _wasi_imports(self, module: WasmerModule, store: Any, invocation: Invocation) -> Any:
         """A fresh WASI state: argv, exactly ``invocation.env``, and (if allowed) preopens."""
@@ -470,6 +543,11 @@ class WasmerEngine(Engine):
             builder.arguments(argv[1:])
         if invocation.env:
             builder.environments(dict(invocation.env))
+        if invocation.limits.max_write is not None:
+            raise EngineError(
+                "the wasmer engine cannot bound what a module writes to files (a scratch "
+                "directory's max_size); use the wasmtime engine"
+            )
         for preopen in invocation.preopens:
             if not self._unconfined_volumes:
                 raise EngineError(
@@ -563,3 +641,73 @@ class WasmerEngine(Engine):
                 "restart the worker"
             )
             raise EngineBroken(self._poisoned) from exc
+
+
+class _DeadlinePassed(Exception):
+    """Raised from a host function to trap the guest: its deadline has passed."""
+
+
+class _WasmerMemory:
+    """The instance's ``memory`` export, for :mod:`wagi.outbound_http` (one call)."""
+
+    __slots__ = ("_view",)
+
+    def __init__(self, instance: Any) -> None:
+        try:
+            memory = instance.exports.memory
+            self._view: memoryview | None = memoryview(memory.buffer)
+        except Exception:  # no such export, or not a memory
+            self._view = None
+
+    def _check(self, ptr: int, length: int) -> memoryview:
+        if self._view is None:
+            raise GuestMemoryError(HttpError.MEMORY_NOT_FOUND)
+        if ptr + length > len(self._view):
+            raise GuestMemoryError(HttpError.MEMORY_ACCESS_ERROR)
+        return self._view
+
+    def read(self, ptr: int, length: int) -> bytes:
+        return bytes(self._check(ptr, length)[ptr : ptr + length])
+
+    def write(self, ptr: int, data: bytes) -> None:
+        self._check(ptr, len(data))[ptr : ptr + len(data)] = data
+
+
+class _HttpBinding:
+    """The engine's ``wasi_experimental_http`` functions, bound to the current run's session.
+
+    wasmer-python host functions get no caller: the memory is found through the
+    instance, known once it exists (before the guest can call anything). The engine
+    runs one module at a time, so one binding serves every run.
+    """
+
+    def __init__(self) -> None:
+        self.session = OutboundSession(DENY_ALL, None)
+        self.instance: Any = None
+
+    def start(self, session: OutboundSession) -> None:
+        self.session = session
+        self.instance = None
+
+    def end(self) -> None:
+        self.session.close_all()
+        self.instance = None
+
+    def functions(self, wasmer: Any, store: Any) -> dict[str, Any]:
+        i32 = wasmer.Type.I32
+        return {
+            name: wasmer.Function(store, self._host(name), wasmer.FunctionType([i32] * n, [i32]))
+            for name, n in SIGNATURES.items()
+        }
+
+    def _host(self, name: str) -> Any:
+        def host(*args: int) -> int:
+            session = self.session
+            code = session.call(name, _WasmerMemory(self.instance), *args)
+            if session.timed_out:
+                # The guest cannot be interrupted; trapping it now ends the run before
+                # the watchdog has to end the worker.
+                raise _DeadlinePassed("wagi: outbound HTTP reached the module's deadline")
+            return code
+
+        return host

@@ -58,6 +58,15 @@ from typing import Any
 
 import wasmtime
 
+from wagi.outbound_http import (
+    DENY_ALL,
+    IMPORT_MODULE,
+    SIGNATURES,
+    GuestMemoryError,
+    HttpError,
+    OutboundSession,
+)
+
 from . import wasmtime_capi as capi
 from .base import (
     HOLD_LIMIT,
@@ -82,6 +91,7 @@ lib = capi.lib
 _WASI = b"wasi_snapshot_preview1"
 
 # WASI errno values (wasi_snapshot_preview1).
+_EDQUOT = 19
 _EBADF = 8
 _EFAULT = 21
 _EFBIG = 22
@@ -109,26 +119,38 @@ _POOL_SLOTS = 256
 """Instances (and memories, tables, stacks) the pooling allocator keeps per engine.
 A worker runs one or a few modules at a time; the slots only reserve address space."""
 
-_FORWARDED = (b"fd_write", b"poll_oneoff", b"fd_renumber", b"fd_close")
+_FORWARDED = {
+    "fd_write": "i32 i32 i32 i32",
+    "poll_oneoff": "i32 i32 i32 i32",
+    "fd_renumber": "i32 i32",
+    "fd_close": "i32",
+    # The write budget's (see _BUDGETED).
+    "fd_pwrite": "i32 i32 i32 i64 i32",
+    "fd_allocate": "i32 i64 i64",
+    "path_open": "i32 i32 i32 i32 i32 i64 i64 i32 i32",
+    "path_create_directory": "i32 i32 i32",
+    "path_symlink": "i32 i32 i32 i32 i32",
+    "path_link": "i32 i32 i32 i32 i32 i32 i32",
+}
+"""The WASI functions wagi shadows, and their parameters: each shadow may call WASI's own."""
 
-_FORWARDER_WAT = """
-(module
-  (import "wasi_snapshot_preview1" "fd_write"
-    (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "poll_oneoff"
-    (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_renumber" (func $fd_renumber (param i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
-  (import "wagi" "memory" (memory 0))
-  (export "memory" (memory 0))
-  (func (export "fd_write") (param i32 i32 i32 i32) (result i32)
-    (call $fd_write (local.get 0) (local.get 1) (local.get 2) (local.get 3)))
-  (func (export "poll_oneoff") (param i32 i32 i32 i32) (result i32)
-    (call $poll_oneoff (local.get 0) (local.get 1) (local.get 2) (local.get 3)))
-  (func (export "fd_renumber") (param i32 i32) (result i32)
-    (call $fd_renumber (local.get 0) (local.get 1)))
-  (func (export "fd_close") (param i32) (result i32) (call $fd_close (local.get 0))))
-"""
+
+def _forwarder_wat() -> str:
+    imports = "".join(
+        f'(import "wasi_snapshot_preview1" "{name}" (func ${name} (param {params}) (result i32)))\n'
+        for name, params in _FORWARDED.items()
+    )
+    exports = "".join(
+        f'(func (export "{name}") (param {params}) (result i32) (call ${name} '
+        + " ".join(f"(local.get {i})" for i in range(len(params.split())))
+        + "))\n"
+        for name, params in _FORWARDED.items()
+    )
+    memory = '(import "wagi" "memory" (memory 0)) (export "memory" (memory 0))\n'
+    return f"(module\n{imports}{memory}{exports})"
+
+
+_FORWARDER_WAT = _forwarder_wat()
 """Calls WASI on behalf of a host function (see the module docstring)."""
 
 _STDOUT = 1
@@ -158,10 +180,14 @@ class _Run:
         "deadline",
         "detail",
         "engine",
+        "file_written",
         "forwarder",
         "holding",
         "max_output",
+        "max_write",
         "memory",
+        "outbound",
+        "outbound_policy",
         "stderr",
         "stderr_dropped",
         "stdout",
@@ -201,6 +227,64 @@ class _Run:
         """Guest fd -> the stream it is, as the module's own fd table says."""
         self.memory: capi.Extern | None = None
         self.forwarder: dict[bytes, capi.Extern] | None = None
+        self.max_write = invocation.limits.max_write
+        """The run's file write budget (``Limits.max_write``), charged in ``file_written``."""
+        self.file_written = 0
+        self.outbound_policy = invocation.outbound
+        self.outbound: OutboundSession | None = None
+        """Made at the run's first outbound HTTP call."""
+
+    def stop(self, ending: Ending, detail: str = "") -> None:
+        """End the run at its next host call or epoch tick (from any thread)."""
+        if self.stopped is None:
+            self.stopped, self.detail = ending, detail
+
+    def outbound_session(self) -> OutboundSession:
+        if self.outbound is None:
+            self.outbound = OutboundSession(
+                self.outbound_policy or DENY_ALL,
+                self.deadline,
+                on_deadline=lambda: self.stop(Ending.TIMED_OUT),
+            )
+        return self.outbound
+
+    # -- the write budget --------------------------------------------------------------
+
+    def forward_charged(
+        self, caller: int, name: bytes, args: Any, nargs: int, cost: int, written_ptr: int = -1
+    ) -> int:
+        """Call WASI's ``name`` if ``cost`` bytes fit the write budget, then charge them.
+
+        With ``written_ptr``, what is charged is the count WASI wrote there (the bytes a
+        write really wrote), not ``cost``.
+        """
+        if self.max_write is None:
+            return self.forward(caller, name, args, nargs)
+        if self.file_written + cost > self.max_write:
+            return _EDQUOT
+        errno = self.forward(caller, name, args, nargs)
+        if errno == 0:
+            if written_ptr >= 0:
+                base, size = self.guest_memory(caller)
+                if written_ptr + 4 <= size:
+                    cost = ctypes.c_uint32.from_address(base + written_ptr).value
+            self.file_written += cost
+        return errno
+
+    def forward_write(
+        self, caller: int, name: bytes, args: Any, nargs: int, iovs: int, count: int, nwritten: int
+    ) -> int:
+        """Forward a write of the iovecs at ``iovs`` to a file, within the write budget."""
+        if self.max_write is None:
+            return self.forward(caller, name, args, nargs)
+        if count > IOV_MAX:
+            return _EINVAL
+        base, size = self.guest_memory(caller)
+        if iovs + 8 * count > size:
+            return _EFAULT
+        pairs = array("I", ctypes.string_at(base + iovs, 8 * count))
+        total = sum(pairs[1::2])
+        return self.forward_charged(caller, name, args, nargs, total, nwritten)
 
     # -- guest memory ------------------------------------------------------------
 
@@ -319,6 +403,8 @@ class _Run:
     def on_tick(self) -> None:
         """Every epoch tick while the guest computes: the deadline, and held output."""
         now = time.monotonic()
+        if self.stopped is not None:  # by another thread (outbound HTTP's deadline)
+            raise _Stop(self.stopped, self.detail)
         if self.deadline is not None and now > self.deadline:
             raise _Stop(Ending.TIMED_OUT)
         if self.holding and now >= self.stream_at and self.stdout:
@@ -357,7 +443,8 @@ def _host_function(
             return lib.wasmtime_trap_new(message, len(message)) or 0
         try:
             args[0].i32 = body(run, caller, args, nargs)
-            return 0
+            if run.stopped is None:
+                return 0
         except _Stop as stop:
             if run.stopped is None:
                 run.stopped, run.detail = stop.ending, stop.detail
@@ -373,7 +460,15 @@ def _host_function(
 def _fd_write(run: _Run, caller: int, args: Any, nargs: int) -> int:
     stream = run.streams.get(args[0].i32)
     if stream is None:
-        return run.forward(caller, b"fd_write", args, nargs)
+        return run.forward_write(
+            caller,
+            b"fd_write",
+            args,
+            nargs,
+            args[1].i32 & _U32,
+            args[2].i32 & _U32,
+            args[3].i32 & _U32,
+        )
     return run.write(caller, stream, args[1].i32 & _U32, args[2].i32 & _U32, args[3].i32 & _U32)
 
 
@@ -409,6 +504,79 @@ def _poll_oneoff(run: _Run, caller: int, args: Any, nargs: int) -> int:
     return run.forward(caller, b"poll_oneoff", args, nargs)
 
 
+_ENTRY_COST = 4096
+"""What creating a file, directory or link costs against the write budget (one block)."""
+
+_O_CREAT = 1
+
+
+def _fd_pwrite(run: _Run, caller: int, args: Any, nargs: int) -> int:
+    return run.forward_write(
+        caller,
+        b"fd_pwrite",
+        args,
+        nargs,
+        args[1].i32 & _U32,
+        args[2].i32 & _U32,
+        args[4].i32 & _U32,
+    )
+
+
+def _fd_allocate(run: _Run, caller: int, args: Any, nargs: int) -> int:
+    return run.forward_charged(caller, b"fd_allocate", args, nargs, max(args[2].i64, 0))
+
+
+def _path_open(run: _Run, caller: int, args: Any, nargs: int) -> int:
+    if args[4].i32 & _O_CREAT:
+        return run.forward_charged(caller, b"path_open", args, nargs, _ENTRY_COST)
+    return run.forward(caller, b"path_open", args, nargs)
+
+
+def _creating(name: bytes) -> Any:
+    def create(run: _Run, caller: int, args: Any, nargs: int) -> int:
+        return run.forward_charged(caller, name, args, nargs, _ENTRY_COST)
+
+    return create
+
+
+class _RawMemory:
+    """The calling instance's ``memory``, for :mod:`wagi.outbound_http` (one call)."""
+
+    __slots__ = ("_caller", "_run")
+
+    def __init__(self, run: _Run, caller: int) -> None:
+        self._run = run
+        self._caller = caller
+
+    def _address(self, ptr: int, length: int) -> int:
+        try:
+            base, size = self._run.guest_memory(self._caller)
+        except _Stop:
+            raise GuestMemoryError(HttpError.MEMORY_NOT_FOUND) from None
+        if ptr + length > size:
+            raise GuestMemoryError(HttpError.MEMORY_ACCESS_ERROR)
+        return base + ptr
+
+    def read(self, ptr: int, length: int) -> bytes:
+        address = self._address(ptr, length)
+        return ctypes.string_at(address, length) if length else b""
+
+    def write(self, ptr: int, data: bytes) -> None:
+        address = self._address(ptr, len(data))
+        if data:
+            ctypes.memmove(address, data, len(data))
+
+
+def _outbound(name: str, count: int) -> Any:
+    """The host side of ``wasi_experimental_http.<name>``: the run's session does the work."""
+
+    def call(run: _Run, caller: int, args: Any, nargs: int) -> int:
+        values = [args[i].i32 for i in range(count)]
+        return run.outbound_session().call(name, _RawMemory(run, caller), *values)
+
+    return call
+
+
 def _clock_wait(base: int, size: int, subs: int, nsubs: int, origin_ns: int) -> float | None:
     """Seconds a ``poll_oneoff`` call would block, if it only waits on clocks.
 
@@ -438,6 +606,33 @@ def _clock_wait(base: int, size: int, subs: int, nsubs: int, origin_ns: int) -> 
             return None
         wait = seconds if wait is None else min(wait, seconds)
     return wait
+
+
+def _host_functions() -> list[tuple[bytes, bytes, str, Any]]:
+    """Every host function wagi defines over WASI's: (module, name, parameters, body)."""
+    wasi = [
+        ("fd_write", _fd_write),
+        ("poll_oneoff", _poll_oneoff),
+        ("fd_renumber", _fd_renumber),
+        ("fd_close", _fd_close),
+        ("fd_pwrite", _fd_pwrite),
+        ("fd_allocate", _fd_allocate),
+        ("path_open", _path_open),
+        ("path_create_directory", _creating(b"path_create_directory")),
+        ("path_symlink", _creating(b"path_symlink")),
+        ("path_link", _creating(b"path_link")),
+    ]
+    functions = [(_WASI, name.encode(), _FORWARDED[name], body) for name, body in wasi]
+    for name, count in SIGNATURES.items():
+        functions.append(
+            (
+                IMPORT_MODULE.encode(),
+                name.encode(),
+                " ".join(["i32"] * count),
+                _outbound(name, count),
+            )
+        )
+    return functions
 
 
 class _EpochTicker:
@@ -541,6 +736,8 @@ class WasmtimeEngine(Engine):
         interruptible=True,
         streaming=True,
         thread_safe=True,
+        outbound_http=True,
+        write_budget=True,
     )
 
     def __init__(
@@ -571,19 +768,15 @@ class WasmtimeEngine(Engine):
         i32 = wasmtime.ValType.i32()
         self._on_deadline = _deadline_callback(self._local)
         self._callbacks = []  # the Linker holds raw pointers to these: keep them alive
-        for name, params, body in (
-            (b"fd_write", 4, _fd_write),
-            (b"poll_oneoff", 4, _poll_oneoff),
-            (b"fd_renumber", 2, _fd_renumber),
-            (b"fd_close", 1, _fd_close),
-        ):
+        for module_name, name, params, body in _host_functions():
             callback = _host_function(self._local, body)
             self._callbacks.append(callback)
-            functype = wasmtime.FuncType([i32] * params, [i32])
+            types = [wasmtime.ValType.i64() if p == "i64" else i32 for p in params.split()]
+            functype = wasmtime.FuncType(types, [i32])
             error = lib.wasmtime_linker_define_func_unchecked(
                 ctypes.cast(self._linker.ptr(), c_void_p),
-                _WASI,
-                len(_WASI),
+                module_name,
+                len(module_name),
                 name,
                 len(name),
                 ctypes.cast(functype.ptr(), c_void_p),
@@ -656,8 +849,9 @@ class WasmtimeEngine(Engine):
             self._forwarder_module = wasmtime.Module(self._engine, _FORWARDER_WAT)
         run.guest_memory(caller)
         assert run.memory is not None
-        imports = (capi.Extern * (len(_FORWARDED) + 1))()
-        for index, name in enumerate(_FORWARDED):
+        names = [name.encode() for name in _FORWARDED]
+        imports = (capi.Extern * (len(names) + 1))()
+        for index, name in enumerate(names):
             if not lib.wasmtime_linker_get(
                 self._wasi_linker_ptr,
                 run.ctx,
@@ -668,7 +862,7 @@ class WasmtimeEngine(Engine):
                 byref(imports[index]),
             ):
                 raise _Stop(Ending.TRAPPED, f"wagi: WASI has no {name.decode()}")
-        imports[len(_FORWARDED)] = run.memory
+        imports[len(names)] = run.memory
         instance = capi.Instance()
         trap = c_void_p()
         error = lib.wasmtime_instance_new(
@@ -682,7 +876,7 @@ class WasmtimeEngine(Engine):
         if error or trap.value:
             raise _Stop(Ending.TRAPPED, "wagi: cannot instantiate the WASI forwarder")
         functions = {}
-        for name in _FORWARDED:
+        for name in names:
             function = capi.Extern()
             lib.wasmtime_instance_export_get(
                 run.ctx, byref(instance), name, len(name), byref(function)
@@ -754,6 +948,8 @@ class WasmtimeEngine(Engine):
                 ending, exit_code, detail = self._call(run, module, entrypoint)
             finally:
                 self._local.run = None
+                if run.outbound is not None:
+                    run.outbound.close_all()
         finally:
             if timed:
                 self._ticker.end_run()
@@ -761,6 +957,8 @@ class WasmtimeEngine(Engine):
         stderr = bytes(run.stderr)
         if run.stderr_dropped:
             stderr += b"\n[wagi: %d more bytes of stderr dropped]\n" % run.stderr_dropped
+        if run.outbound is not None:
+            stderr += run.outbound.report()
         return RunResult(
             ending=ending,
             stdout=bytes(run.stdout),
