@@ -19,7 +19,8 @@ import pytest
 import requests
 
 from wagi.config import load_config
-from wagi.engines import engine_class, refusals
+from wagi.engines import engine_class
+from wagi.policy import refusals
 
 from .conftest import ENGINES, ROOT, SAMPLES, Server, start_gunicorn
 

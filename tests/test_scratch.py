@@ -20,7 +20,8 @@ import pytest
 import requests
 
 from wagi.config import ConfigError, Scratch, load_config
-from wagi.engines import choose_engine, engine_class, refusals
+from wagi.engines import engine_class
+from wagi.policy import choose_engine, refusals
 
 from .conftest import ENGINES, MODULES, ROOT, Server, write_config
 
@@ -101,14 +102,20 @@ def test_each_request_gets_an_empty_private_directory(area: tuple[Server, Path])
 
 
 @pytest.mark.parametrize(
-    ("ops", "status"), [("exit=3", 500), ("trap", 500), ("loop", 504), ("ls=/tmp", 200)]
+    ("ops", "status"), [("exit=3", 500), ("trap", 500), ("loop", None), ("ls=/tmp", 200)]
 )
 def test_the_directory_is_removed_whatever_the_ending(
-    area: tuple[Server, Path], ops: str, status: int
+    area: tuple[Server, Path], ops: str, status: int | None
 ) -> None:
     server, root = area
-    r = server.get(f"/f?hdr&write=/tmp/a:x&fill=/tmp/b:1000&{ops}")
-    assert r.status_code == status
+    # A run that outlives wagi's 5 ms hold streams its body: a failure then cuts the
+    # response instead of answering 500/504. Either way the directory must go.
+    try:
+        r = server.get(f"/f?hdr&write=/tmp/a:x&fill=/tmp/b:1000&{ops}")
+        assert r.status_code == (status or 504)
+    except requests.exceptions.ChunkedEncodingError:
+        assert status != 200
+    time.sleep(0.5)  # a cut run ends at its deadline, then its directory goes
     assert leftovers(root) == []
 
 
