@@ -8,6 +8,7 @@ nothing can override.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from urllib.parse import quote, unquote
 
@@ -22,6 +23,8 @@ SERVER_SOFTWARE = f"WAGI/{wagi.__version__}"
 HIDDEN_HEADERS = frozenset(
     {"HTTP_AUTHORIZATION", "HTTP_CONNECTION", "HTTP_PROXY", "HTTP_PROXY_AUTHORIZATION"}
 )
+
+_PLACEHOLDER = re.compile(r"\$\{(?:SCRIPT_NAME|ARGS)\}")
 
 
 def raw_path_and_query(environ: Mapping[str, object]) -> tuple[str, str]:
@@ -48,7 +51,9 @@ def build_argv(template: str, script_name: str, query: str) -> list[str]:
     as in WAGI; the result is then split on whitespace, so empty items vanish.
     """
     args = " ".join(query.split("&")) if query else ""
-    return template.replace("${SCRIPT_NAME}", script_name).replace("${ARGS}", args).split()
+    # One pass: a route or query that itself holds "${ARGS}" is never expanded again.
+    values = {"${SCRIPT_NAME}": script_name, "${ARGS}": args}
+    return _PLACEHOLDER.sub(lambda m: values[m.group(0)], template).split()
 
 
 def _split_host(host: str, default_port: str) -> tuple[str, str]:
