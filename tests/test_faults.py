@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import PROBE, Server, start_gunicorn, write_config
+from tests.conftest import PROBE, ROOT, Server, start_gunicorn, write_config
 from tests.wat import WatModule
 
 HEAD = "Content-Type: text/plain\n\n"
@@ -475,3 +476,30 @@ def test_a_damaged_cache_entry_is_reported_in_the_log(
     replace_workers(server)
     get_ok(server, "/probe?hdr&print=ok", b"ok\n", times=2)
     assert re.search(r"(damaged|corrupt).*artifact|artifact.*(damaged|corrupt)", server.log())
+
+
+# -- wagi run ----------------------------------------------------------------------------
+
+
+def test_wagi_run_reports_a_response_cut_mid_stream(tmp_path: Path) -> None:
+    """The bytes sent so far, one line saying why it stopped, exit status 1; no traceback."""
+    module = tmp_path / "m.wat"
+    module.write_text(WatModule().print(HEAD + "first\n").flood(4 << 20).text())
+    config = write_config(tmp_path, f'[[module]]\nroute = "/m"\nmodule = "{module}"\n')
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "wagi", "run", "--engine", "wasmtime"),
+            *("--config", str(config), "--max-response", "1 MiB"),
+            *("--cache-dir", str(tmp_path / "cache"), "/m"),
+        ],
+        capture_output=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("WAGI_")},
+        cwd=ROOT,
+    )
+    assert result.returncode == 1, result.stderr
+    head, _, body = result.stdout.partition(b"\r\n\r\n")
+    assert head == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain"
+    assert body.startswith(b"first\nxxxx") and len(body) <= 1 << 20
+    stderr = result.stderr.decode()
+    assert "wagi: the response was cut: [/m] output too large after " in stderr
+    assert "Traceback" not in stderr

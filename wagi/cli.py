@@ -20,7 +20,7 @@ from wagi import __version__
 from wagi import settings as wagi_settings
 from wagi.config import Config, ConfigError, load_config
 from wagi.engines import EngineChoice, EngineUnavailable, choose_engine
-from wagi.gateway import CgiHttpResponse, Gateway
+from wagi.gateway import CgiHttpResponse, Gateway, ResponseCut
 from wagi.handlers import StartupError
 
 DESCRIPTION = "wagi: run WebAssembly (WASI) modules as CGI handlers behind gunicorn."
@@ -150,7 +150,14 @@ def run(args: argparse.Namespace) -> int:
     for name, value in response.headers.items():
         out.write(f"{name}: {value}\r\n".encode("latin-1"))
     out.write(b"\r\n")
-    out.write(response.get_data())
+    try:
+        for chunk in response.iter_encoded():  # as the module writes it, like the server
+            out.write(chunk)
+    except ResponseCut as exc:
+        # The server closes the connection here; the command ends the output and says why.
+        out.flush()
+        print(f"wagi: the response was cut: {exc}", file=sys.stderr)
+        return 1
     out.flush()
     return 0
 
