@@ -87,7 +87,9 @@ def every_worker_ready(server: Server) -> None:
     """Wait until every worker has accepted a connection: each has built its routing table."""
     host, port = server.url.removeprefix("http://").split(":")
     seen: set[int] = set()
-    while seen != worker_pids(server):
+    deadline = time.monotonic() + 60
+    while not worker_pids(server) <= seen:
+        assert time.monotonic() < deadline, "a worker never accepted a connection"
         with socket.create_connection((host, int(port)), timeout=30) as client:
             client.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             seen.add(worker_serving(server, client))
