@@ -25,6 +25,8 @@ HIDDEN_HEADERS = frozenset(
     {"HTTP_AUTHORIZATION", "HTTP_CONNECTION", "HTTP_PROXY", "HTTP_PROXY_AUTHORIZATION"}
 )
 
+_PLACEHOLDER = re.compile(r"\$\{(?:SCRIPT_NAME|ARGS)\}")
+
 
 def raw_path_and_query(environ: Mapping[str, object]) -> tuple[str, str]:
     """The request path exactly as the client sent it (undecoded), and the raw query string."""

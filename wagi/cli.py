@@ -27,7 +27,7 @@ from wagi.config import (
     load_config,
     parse_oci_reference,
 )
-from wagi.gateway import CgiHttpResponse, Gateway
+from wagi.gateway import CgiHttpResponse, Gateway, ResponseCut
 from wagi.handlers import StartupError
 from wagi.policy import EngineChoice, EngineUnavailable, choose_engine, worker_problem
 from wagi.sources import SourceError, pull_modules, push_module
@@ -199,7 +199,14 @@ def run(args: argparse.Namespace) -> int:
     for name, value in response.headers.items():
         out.write(f"{name}: {value}\r\n".encode("latin-1"))
     out.write(b"\r\n")
-    out.write(response.get_data())
+    try:
+        for chunk in response.iter_encoded():  # as the module writes it, like the server
+            out.write(chunk)
+    except ResponseCut as exc:
+        # The server closes the connection here; the command ends the output and says why.
+        out.flush()
+        print(f"wagi: the response was cut: {exc}", file=sys.stderr)
+        return 1
     out.flush()
     return 0
 

@@ -309,14 +309,25 @@ def load_config(path: Path | str) -> Config:
     """Parse and check a ``modules.toml``; raise :class:`ConfigError` on any problem."""
     path = Path(path)
     try:
-        with open(path, "rb") as fp:
-            data = tomllib.load(fp)
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: configuration file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read configuration file: {exc.strerror}") from None
+    except ValueError:  # a NUL in the path: no file can have that name
+        raise ConfigError(
+            f"{path}: cannot read configuration file: the path holds a NUL byte"
+        ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
     return parse_config(data, path)
 
 
@@ -409,14 +420,22 @@ class _EntryParser:
             raise self.error(key, f"expected a path, got {value!r}")
         raw: str = value
         if raw.startswith("file://"):
-            parts = urlsplit(raw)
+            try:
+                parts = urlsplit(raw)
+            except ValueError as exc:  # e.g. an unclosed [ in the host part
+                raise self.error(key, f"invalid file:// URL {raw!r}: {exc}") from None
             if parts.netloc not in ("", "localhost"):
                 raise self.error(key, f"only local file:// URLs are supported, got {raw!r}")
             raw = unquote(parts.path)
         elif "://" in raw:
             what = "file:// URLs and oci:// references" if key == "module" else "file:// URLs"
             raise self.error(key, f"only plain paths, {what} are supported, got {raw!r}")
-        return (self.base_dir / raw).resolve()
+        if "\0" in raw:
+            raise self.error(key, f"the path {value!r} holds a NUL byte")
+        try:
+            return (self.base_dir / raw).resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (before 3.13)
+            raise self.error(key, f"cannot resolve {value!r}: {_reason(exc)}") from None
 
     def module_source(self, raw: Any) -> ModuleSource:
         if isinstance(raw, str) and raw.startswith("oci:"):
@@ -430,7 +449,11 @@ class _EntryParser:
         path = self.resolve("module", raw)
         if path.suffix not in MODULE_SUFFIXES:
             raise self.error("module", f"expected a .wasm or .wat file, got {raw!r}")
-        if not path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError as exc:  # a name too long, say
+            raise self.error("module", f"module file {raw!r}: {_reason(exc)}") from None
+        if not is_file:
             raise self.error("module", f"module file {raw!r} ({path}) does not exist")
         if not os.access(path, os.R_OK):
             raise self.error("module", f"module file {raw!r} ({path}) is not readable")
@@ -456,7 +479,11 @@ class _EntryParser:
                     raise self.error("volumes", f"volume {guest!r}: read_only must be true/false")
                 spec = spec["path"]
             host = self.resolve("volumes", spec)
-            if not host.is_dir():
+            try:
+                is_dir = host.is_dir()
+            except OSError as exc:
+                raise self.error("volumes", f"volume {guest!r}: {_reason(exc)}") from None
+            if not is_dir:
                 raise self.error(
                     "volumes", f"volume {guest!r}: host directory {spec!r} ({host}) does not exist"
                 )
@@ -504,6 +531,13 @@ class _EntryParser:
                 raise self.error("environment", f"{name}: expected a string, got {value!r}")
             pairs.append((name, value))
         return tuple(pairs)
+
+
+def _reason(exc: BaseException) -> str:
+    """An OS error's reason without the (possibly huge) path it carries."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 def load_env_file(path: Path) -> tuple[tuple[str, str], ...]:
