@@ -169,9 +169,9 @@ def samples_without_volumes(directory: Path) -> Path:
         lines += [
             "[[module]]",
             f"route = {json.dumps(entry.route)}",
-            f"module = {json.dumps(str(entry.module))}",
+            f"module = {json.dumps(str(entry.module.path))}",
             f"entrypoint = {json.dumps(entry.entrypoint)}",
-            f"argv = {json.dumps(entry.argv)}",
+            f"argv = {json.dumps(entry.argv.items[0] if entry.argv.split else list(entry.argv.items))}",
         ]
         lines += [f"environment.{name} = {json.dumps(value)}" for name, value in entry.environment]
     directory.mkdir(parents=True, exist_ok=True)

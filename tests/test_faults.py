@@ -257,11 +257,6 @@ def test_a_module_file_truncated_or_replaced_with_garbage_while_serving(
     assert server.log().count("Booting worker") == 2, "a worker was lost on the way"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a worker that boots while a module file is broken fails to boot (StartupError in "
-    "post_worker_init), and gunicorn then halts the whole server: the lead fixes it",
-)
 def test_a_worker_started_while_a_module_file_is_broken_still_serves(
     engine: str, tmp_path: Path, servers: list[Server]
 ) -> None:
@@ -407,10 +402,6 @@ def test_a_read_only_cache_dir_costs_only_speed(
     assert all(is_sound(a) for a in artifacts(cache))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wagi/engines/cache.py drops cache write errors silently: the lead adds the line",
-)
 def test_a_read_only_cache_dir_is_reported_in_the_log(
     tmp_path: Path, servers: list[Server]
 ) -> None:
@@ -464,10 +455,6 @@ def test_a_damaged_cache_entry_is_recompiled(
     assert all(is_sound(a) for a in artifacts(cache))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wagi/engines/cache.py discards a damaged artifact silently: the lead adds the line",
-)
 def test_a_damaged_cache_entry_is_reported_in_the_log(
     tmp_path: Path, servers: list[Server]
 ) -> None:

@@ -332,7 +332,7 @@ def test_parse_config_gives_a_config_or_a_config_error(
     assert isinstance(config, Config)
     assert [m.index for m in config.modules] == list(range(1, len(config.modules) + 1))
     for entry in config.modules:
-        assert entry.module.is_file()
+        assert entry.module.path.is_file()
         assert all(v.host_path.is_dir() for v in entry.volumes)
 
 

@@ -25,7 +25,8 @@ HIDDEN_HEADERS = frozenset(
     {"HTTP_AUTHORIZATION", "HTTP_CONNECTION", "HTTP_PROXY", "HTTP_PROXY_AUTHORIZATION"}
 )
 
-_PLACEHOLDER = re.compile(r"\$\{(?:SCRIPT_NAME|ARGS)\}")
+_SUBSTITUTED = re.compile(r"\$\{(?:SCRIPT_NAME|ARGS)\}")
+"""The placeholders a request fills in (anything else stays as written)."""
 
 
 def raw_path_and_query(environ: Mapping[str, object]) -> tuple[str, str]:
@@ -104,20 +105,21 @@ class ArgvTemplate:
     def expand(self, script_name: str, query: str) -> list[str]:
         """The argv of one request."""
         args = query.split("&") if query else []
-        if self.split:
-            joined = " ".join(args)
-            return self.items[0].replace(SCRIPT_NAME, script_name).replace(ARGS, joined).split()
         values = {SCRIPT_NAME: script_name, ARGS: " ".join(args)}
 
         def substitute(match: re.Match[str]) -> str:
             return values[match.group(0)]
+
+        if self.split:
+            # One pass: a route or query that itself holds "${ARGS}" is never expanded again.
+            return _SUBSTITUTED.sub(substitute, self.items[0]).split()
 
         argv: list[str] = []
         for item in self.items:
             if item == ARGS:
                 argv.extend(args)
             elif "${" in item:
-                argv.append(_PLACEHOLDER.sub(substitute, item))
+                argv.append(_SUBSTITUTED.sub(substitute, item))
             else:
                 argv.append(item)
         return argv
@@ -129,10 +131,10 @@ DEFAULT_ARGV = ArgvTemplate(("${SCRIPT_NAME} ${ARGS}",), split=True)
 def build_argv(template: ArgvTemplate | str, script_name: str, query: str) -> list[str]:
     """``"${SCRIPT_NAME} ${ARGS}"`` -> ``["/env", "greet=matt", "foo=bar"]``.
 
-    See :class:`ArgvTemplate`; a plain string is the string form.
+    See :class:`ArgvTemplate`; a plain string is the string form, as written.
     """
     if isinstance(template, str):
-        template = ArgvTemplate.parse(template)
+        template = ArgvTemplate((template,), split=True)
     return template.expand(script_name, query)
 
 

@@ -169,7 +169,7 @@ class Gateway:
                 scratch.worker_folder()
             except (scratch.ScratchError, OSError) as exc:
                 raise StartupError(f"{config.path}: key 'tmp': {exc}") from None
-        table = build_routing_table(config, engine, loader, settings)
+        table = build_routing_table(config, engine, loader, settings, tolerant=serving)
         gateway = cls(settings, engine, loader, table, ModuleLog(settings.log_dir))
         gateway.watchdog = watchdog
         # A worker that can no longer run modules is replaced (wagi.worker_health).
@@ -486,7 +486,16 @@ class _StreamedResponse:
                 yield chunk
             output.close()
             finished = True
-            self.gateway.finish_stream(self.route, output.job, sent, self.timeout)
+            client = environ.get("gunicorn.socket")
+            try:
+                self.gateway.finish_stream(self.route, output.job, sent, self.timeout)
+            except ResponseCut:
+                if not isinstance(client, socket.socket):
+                    raise
+                # Cut the response ourselves: gunicorn's final chunk then meets a closed
+                # socket (which it ignores) instead of an exception it logs with a traceback.
+                with contextlib.suppress(OSError):
+                    client.shutdown(socket.SHUT_RDWR)
         finally:
             if not finished:  # the client went away, or sending failed: stop the module
                 output.abandon()

@@ -10,6 +10,7 @@ naming the file, the route and the key. Serving then only looks things up.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ from wagi.loader import ModuleLoader
 from wagi.outbound_http import OutboundPolicy
 from wagi.routing import Route, RoutingTable, join_subroute
 from wagi.settings import ServerSettings
+
+logger = logging.getLogger("wagi")
 
 ROUTES_EXPORT = "_routes"
 
@@ -103,9 +106,20 @@ def parse_routes_output(
 
 
 def build_routing_table(
-    config: Config, engine: Engine, loader: ModuleLoader, settings: ServerSettings
+    config: Config,
+    engine: Engine,
+    loader: ModuleLoader,
+    settings: ServerSettings,
+    *,
+    tolerant: bool = False,
 ) -> RoutingTable[Handler]:
-    """Compile every module and collect every route, including ``_routes`` sub-routes."""
+    """Compile every module and collect every route, including ``_routes`` sub-routes.
+
+    ``tolerant`` (a serving worker, whose configuration ``wagi check`` already passed):
+    a module file that no longer loads (replaced or broken since) is logged and its route
+    kept, answering 500 until the file is fixed, instead of stopping the worker, which
+    would make gunicorn stop the whole server. Its ``_routes`` sub-routes wait for a restart.
+    """
     try:
         global_env = global_environment(settings)
     except ConfigError as exc:
@@ -116,9 +130,13 @@ def build_routing_table(
         try:
             module = loader.get(entry.module)
         except (EngineError, OSError) as exc:
-            raise StartupError(
-                f"{where}, key 'module': cannot load {entry.module}: {exc}"
-            ) from None
+            problem = f"{where}, key 'module': cannot load {entry.module}: {exc}"
+            if not tolerant:
+                raise StartupError(problem) from None
+            logger.error("%s; the route answers 500 until the file is fixed", problem)
+            parent = make_handler(entry, entry.entrypoint, global_env, settings)
+            routes.append(Route(entry.route, parent, (entry.index, 0)))
+            continue
         if entry.entrypoint not in module.exports:
             raise StartupError(
                 f"{where}, key 'entrypoint': the module exports no function "

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 from pathlib import Path
+
+logger = logging.getLogger("wagi.cache")
 
 _MAGIC = b"wagi-artifact-1\n"
 _HEADER = len(_MAGIC) + 32
@@ -35,6 +38,7 @@ class ArtifactCache:
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
+        self._write_failed = False
 
     def _path(self, engine: str, version: str, digest: str) -> Path:
         assert self.directory is not None
@@ -52,6 +56,10 @@ class ArtifactCache:
         if not entry.startswith(_MAGIC) or entry[len(_MAGIC) : _HEADER] != (
             hashlib.sha256(payload).digest()
         ):
+            logger.warning(
+                "damaged compiled artifact %s (checksum mismatch) discarded; compiling again",
+                self._path(engine, version, digest),
+            )
             self.discard(engine, version, digest)
             return None
         return payload
@@ -67,9 +75,16 @@ class ArtifactCache:
             with os.fdopen(fd, "wb") as out:
                 out.write(_MAGIC + hashlib.sha256(payload).digest() + payload)
             os.replace(tmp, target)
-        except OSError:
-            # A read-only or full cache only costs speed, never correctness.
-            pass
+        except OSError as exc:
+            # A read-only or full cache only costs speed, never correctness: say so once.
+            if not self._write_failed:
+                self._write_failed = True
+                logger.warning(
+                    "cache: cannot store compiled modules in %s (%s); every worker start "
+                    "compiles again",
+                    target.parent,
+                    exc.strerror or exc,
+                )
 
     def discard(self, engine: str, version: str, digest: str) -> None:
         """Forget an entry, e.g. one the engine refused to deserialize."""
