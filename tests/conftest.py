@@ -166,12 +166,13 @@ def samples_without_volumes(directory: Path) -> Path:
         if entry.volumes:
             continue
         assert entry.timeout is None and entry.max_memory is None, "copy these keys too"
+        argv = entry.argv.items[0] if entry.argv.split else list(entry.argv.items)
         lines += [
             "[[module]]",
             f"route = {json.dumps(entry.route)}",
             f"module = {json.dumps(str(entry.module.path))}",
             f"entrypoint = {json.dumps(entry.entrypoint)}",
-            f"argv = {json.dumps(entry.argv.items[0] if entry.argv.split else list(entry.argv.items))}",
+            f"argv = {json.dumps(argv)}",
         ]
         lines += [f"environment.{name} = {json.dumps(value)}" for name, value in entry.environment]
     directory.mkdir(parents=True, exist_ok=True)
