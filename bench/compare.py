@@ -541,21 +541,26 @@ def measure_points(
     return points
 
 
-def soak(entry: Entry, total: int, every: int, concurrency: int, tmp: Path) -> dict[str, Any]:
-    """Load /hello ``total`` times; every worker's memory every ``every`` requests."""
+def soak(
+    entry: Entry, total: int, every: int, concurrency: int, rate: float, tmp: Path
+) -> dict[str, Any]:
+    """Load /hello about ``total`` times; every worker's memory about every ``every`` requests.
+
+    wrk runs for a time, not a count: each chunk lasts ``every`` divided by the
+    rate of the chunk before (``rate`` req/s for the first), and the curve uses
+    the counts wrk reports.
+    """
     server = entry.server
     assert isinstance(server, GunicornServer)
     samples = [{"requests": 0, "workers": {p: memory_kib(p) for p in server.worker_pids()}}]
     done = errors = 0
     started = time.monotonic()
     while done < total:
-        chunk = min(every, total - done)
-        # Generous time: the chunk ends at its count, long before this.
-        result = wrk_load(
-            server.port, HELLO, concurrency, max(60.0, chunk / 50), tmp, stop_after=chunk
-        )
+        seconds = max(1.0, min(every, total - done) / max(rate, 1.0))
+        result = wrk_load(server.port, HELLO, concurrency, seconds, tmp)
         done += result.ok
         errors += result.errors
+        rate = result.rps or rate
         samples.append(
             {"requests": done, "workers": {p: memory_kib(p) for p in server.worker_pids()}}
         )
@@ -648,13 +653,15 @@ def target_lines(points: list[Point], micro: dict[str, Any]) -> list[str]:
         if figures is None:
             continue
         cases = {c["key"]: c for c in figures["cases"]}
-        run = cases["engine_hello_25"]["p50_us"]
-        call = cases["wsgi_wagi_hello"]["p50_us"]
+        run, call = cases["engine_hello_25"], cases["wsgi_wagi_hello"]
+        per_write = figures["per_write_us"]
+        sink = "pipe" if per_write.get("pipe") is not None else "buffered"
         lines.append(
-            f"  {engine}: engine run of hello, 25 variables, p50 {fmt(run, 1)} µs "
-            f"(<= {TARGET_ENGINE_US:g} µs); whole WSGI call p50 {fmt(call, 1)} µs "
-            f"(<= {TARGET_WSGI_US:g} µs); per write {fmt(figures['per_write_us']['pipe'], 1)} µs "
-            "to a pipe (a few µs)"
+            f"  {engine}: engine run of hello with 25 variables p50 {fmt(run['p50_us'], 1)} µs, "
+            f"CPU {fmt(run['cpu_us'], 1)} µs (<= {TARGET_ENGINE_US:g} µs); whole WSGI call p50 "
+            f"{fmt(call['p50_us'], 1)} µs, CPU {fmt(call['cpu_us'], 1)} µs "
+            f"(<= {TARGET_WSGI_US:g} µs); per write ({sink}) {fmt(per_write[sink], 1)} µs, "
+            f"CPU {fmt(per_write[sink + '_cpu'], 1)} µs (a few µs)"
         )
     return lines
 
@@ -697,11 +704,12 @@ def soak_lines(soaks: dict[str, dict[str, Any]]) -> list[str]:
         if len(samples) >= 3:
             # From the first sample after the soak started: one-off growth is behind it by then.
             first, last = samples[1], samples[-1]
-            served = last["requests"] - first["requests"]
+            per_worker = (last["requests"] - first["requests"]) / max(1, len(last["workers"]))
             growth = (mean_rss(last) - mean_rss(first)) * 2**20
             lines.append(
-                f"  growth after the first {first['requests']} requests: "
-                f"{growth / 1024:+.0f} KiB ({growth / max(1, served):+.2f} B/request per worker)"
+                f"  RSS growth per worker after the first {first['requests']} requests: "
+                f"{growth / 1024:+.0f} KiB over about {per_worker:.0f} requests each "
+                f"({growth / max(1.0, per_worker):+.2f} B per request)"
             )
     return lines
 
@@ -719,6 +727,7 @@ def plot(points: list[Point], soaks: dict[str, dict[str, Any]], path: Path, titl
     except ImportError:
         print("no plot: matplotlib is not installed here (pip install -e '.[bench]')")
         return False
+    points = [p for p in points if p.scenario == HELLO.label]  # the extras: table only
     contenders = list(dict.fromkeys(p.contender for p in points))
     concurrencies = sorted({p.concurrency for p in points})
     rps = {(p.contender, p.concurrency): p.rps for p in points}
@@ -957,8 +966,16 @@ def main(argv: list[str] | None = None) -> int:
                         if entry.engine is None:
                             continue
                         print(f"memory soak: {entry.label}, {args.soak} x GET /hello")
+                        rate = max(
+                            (
+                                p.rps
+                                for p in points
+                                if p.server == entry.key and p.scenario == HELLO.label
+                            ),
+                            default=100.0,
+                        )
                         soaks[entry.label] = soak(
-                            entry, args.soak, args.soak_every, args.soak_concurrency, tmp
+                            entry, args.soak, args.soak_every, args.soak_concurrency, rate, tmp
                         )
                 for entry in entries:
                     memory[entry.key]["end"] = footprint(entry)

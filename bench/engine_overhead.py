@@ -115,10 +115,17 @@ class Timing:
     """Each call timed on its own (engine runs only; too coarse for the baselines)."""
     failures: int = 0
     """Calls whose result was not the expected one."""
+    cpu_s: float | None = None
+    """CPU time of the whole process (every thread) over the calls."""
 
     @property
     def mean_us(self) -> float:
         return self.total_s / self.count * 1e6
+
+    @property
+    def cpu_us(self) -> float | None:
+        """Mean CPU µs per call: steadier than wall time when other processes compete."""
+        return None if self.cpu_s is None else self.cpu_s / self.count * 1e6
 
     def percentile_us(self, p: float) -> float | None:
         if not self.per_call_ns:
@@ -136,6 +143,7 @@ class Timing:
             "mean_us": self.mean_us,
             "p50_us": self.percentile_us(50),
             "p99_us": self.percentile_us(99),
+            "cpu_us": self.cpu_us,
         }
 
 
@@ -170,6 +178,7 @@ def timed_calls(label: str, count: int, call: Callable[[], bool]) -> Timing:
     per_call = timings_buffer(count)
     failures = 0
     clock = time.perf_counter_ns
+    cpu_start = time.process_time()
     start = time.perf_counter()
     for i in range(count):
         t0 = clock()
@@ -177,7 +186,23 @@ def timed_calls(label: str, count: int, call: Callable[[], bool]) -> Timing:
         per_call[i] = clock() - t0
         if not ok:
             failures += 1
-    return Timing(label, time.perf_counter() - start, count, per_call, failures)
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
+    return Timing(label, elapsed, count, per_call, failures, cpu)
+
+
+def print_table(title: str, timings: list[Timing]) -> None:
+    """Wall time per call (mean, p50, p99) and CPU time per call (mean)."""
+    print(title)
+    header = f"{'case':<38} {'mean µs':>9} {'p50 µs':>9} {'p99 µs':>9} {'CPU µs':>9}"
+    print(header)
+    print("-" * len(header))
+    for timing in timings:
+        print(
+            f"{timing.label:<38} {fmt_us(timing.mean_us):>9} "
+            f"{fmt_us(timing.percentile_us(50)):>9} {fmt_us(timing.percentile_us(99)):>9} "
+            f"{fmt_us(timing.cpu_us):>9}"
+        )
 
 
 def time_runs(
@@ -255,6 +280,11 @@ def time_piped_runs(
 def median_difference(a: Timing, b: Timing) -> float:
     """p50 of ``a`` minus p50 of ``b``, in µs."""
     return (a.percentile_us(50) or 0.0) - (b.percentile_us(50) or 0.0)
+
+
+def cpu_difference(a: Timing, b: Timing) -> float:
+    """Mean CPU µs per call of ``a`` minus that of ``b``."""
+    return (a.cpu_us or 0.0) - (b.cpu_us or 0.0)
 
 
 def timings_buffer(count: int) -> array.array[int]:
@@ -398,20 +428,21 @@ def write_profiles(
         wagi_call,
     )
     with stdout_pipe() as (write_fd, drain):
+        # Where the gateway runs a module: stdout to a pipe on a streaming engine.
+        stdout_fd = write_fd if engine.capabilities.streaming else None
+        where = "stdout to a pipe" if stdout_fd is not None else "stdout buffered"
 
         def run() -> None:
-            engine.run(
-                module,
-                Invocation(
-                    entrypoint="_start", argv=["/hello"], env=REQUEST_ENV, stdout_fd=write_fd
-                ),
+            invocation = Invocation(
+                entrypoint="_start", argv=["/hello"], env=REQUEST_ENV, stdout_fd=stdout_fd
             )
+            engine.run(module, invocation)
             drain()
 
         profile(
             "engine",
-            "engine.run of samples/hello.wat with 25 variables, stdout to a pipe (what a "
-            "runner thread does for each request)",
+            f"engine.run of samples/hello.wat with 25 variables, {where} (what the gateway "
+            "runs for each request; on a runner thread where the engine streams)",
             run,
         )
     return written
@@ -489,17 +520,25 @@ def bench_engine(
     lines_buffered = time_runs(
         "lines, stdout buffered", engine, lines, line_runs, argv, REQUEST_ENV, LINES_OUTPUT
     )
-    hello_piped = time_piped_runs(
-        "hello, stdout to a pipe", engine, hello, line_runs, REQUEST_ENV, HELLO_OUTPUT
-    )
-    lines_piped = time_piped_runs(
-        "lines, stdout to a pipe", engine, lines, line_runs, REQUEST_ENV, LINES_OUTPUT
-    )
-    # Medians: one run of lines takes milliseconds, long enough to be hit by other processes.
-    per_write = {
+    hello_piped = lines_piped = None
+    if engine.capabilities.streaming:  # the others keep stdout whole in the result
+        hello_piped = time_piped_runs(
+            "hello, stdout to a pipe", engine, hello, line_runs, REQUEST_ENV, HELLO_OUTPUT
+        )
+        lines_piped = time_piped_runs(
+            "lines, stdout to a pipe", engine, lines, line_runs, REQUEST_ENV, LINES_OUTPUT
+        )
+    # Wall-time medians (one run of lines takes milliseconds, long enough to be hit by other
+    # processes) and CPU means (what the process spent, whoever else wanted the CPUs).
+    per_write: dict[str, float | None] = {
         "buffered": median_difference(lines_buffered, hello_buffered) / LINES,
-        "pipe": median_difference(lines_piped, hello_piped) / LINES,
+        "buffered_cpu": cpu_difference(lines_buffered, hello_buffered) / LINES,
+        "pipe": None,
+        "pipe_cpu": None,
     }
+    if lines_piped is not None and hello_piped is not None:
+        per_write["pipe"] = median_difference(lines_piped, hello_piped) / LINES
+        per_write["pipe_cpu"] = cpu_difference(lines_piped, hello_piped) / LINES
 
     # The whole WSGI app, next to the least a WSGI app can do.
     template = hello_environ()
@@ -525,6 +564,18 @@ def bench_engine(
         "werkzeug Request + Response", runs, lambda: hello_ok(callers["werkzeug"])
     )
     wsgi_wagi = timed_calls("wagi Gateway, GET /hello", runs, lambda: hello_ok(callers["wagi"]))
+    handoff = None
+    if engine.capabilities.streaming:
+        # What the gateway pays to run a module on a runner thread, without the module.
+        from wagi.runner import RunnerPool
+
+        pool = RunnerPool("bench hand-off")
+        for _ in range(WARMUP_RUNS):
+            pool.submit(bool).result()
+        handoff = timed_calls(
+            "runner thread hand-off (no-op job)", runs, lambda: not pool.submit(bool).result()
+        )
+        pool.close()
 
     print(
         f"\n== engine.run micro-benchmark: {name} {engine_version(name)} "
@@ -535,7 +586,7 @@ def bench_engine(
         "(fresh artifact cache)"
     )
     header = (
-        f"{'case':<34} {'mean µs':>10} {'p50 µs':>9} {'p99 µs':>9} "
+        f"{'case':<34} {'mean µs':>9} {'p50 µs':>9} {'p99 µs':>9} {'CPU µs':>9} "
         f"{'vs no-op µs':>12} {'vs Invocation µs':>17}"
     )
     print(header)
@@ -551,9 +602,9 @@ def bench_engine(
                 else "+" + fmt_us(timing.mean_us - construct.mean_us)
             )
         print(
-            f"{timing.label:<34} {fmt_us(timing.mean_us):>10} "
+            f"{timing.label:<34} {fmt_us(timing.mean_us):>9} "
             f"{fmt_us(timing.percentile_us(50)):>9} {fmt_us(timing.percentile_us(99)):>9} "
-            f"{vs_noop:>12} {vs_inv:>17}"
+            f"{fmt_us(timing.cpu_us):>9} {vs_noop:>12} {vs_inv:>17}"
         )
     measured = 3 * runs
     growth = mem_end["rss"] - mem_warm["rss"]
@@ -567,28 +618,25 @@ def bench_engine(
         line += f"; PSS {fmt_mib(mem_warm['pss'])} -> {fmt_mib(mem_end['pss'])}"
     print(line)
 
-    print(f"\nper write ({LINES} one-line writes against one write, {line_runs} runs each)")
-    header = f"{'case':<34} {'mean µs':>10} {'p50 µs':>9} {'p99 µs':>9}"
-    print(header)
-    print("-" * len(header))
-    for timing in (hello_buffered, lines_buffered, hello_piped, lines_piped):
-        print(
-            f"{timing.label:<34} {fmt_us(timing.mean_us):>10} "
-            f"{fmt_us(timing.percentile_us(50)):>9} {fmt_us(timing.percentile_us(99)):>9}"
-        )
-    print(
-        f"=> {fmt_us(per_write['buffered'])} µs per write to a buffer, "
-        f"{fmt_us(per_write['pipe'])} µs per write to a pipe (difference of the p50s / {LINES})"
+    piped = [t for t in (hello_piped, lines_piped) if t is not None]
+    print_table(
+        f"\nper write ({LINES} one-line writes against one write, {line_runs} runs each)",
+        [hello_buffered, lines_buffered, *piped],
     )
-
-    print(f"\nthe WSGI app called in-process for GET /hello, {runs} calls, no HTTP")
-    print(header)
-    print("-" * len(header))
-    for timing in (wsgi_plain, wsgi_werkzeug, wsgi_wagi):
-        print(
-            f"{timing.label:<34} {fmt_us(timing.mean_us):>10} "
-            f"{fmt_us(timing.percentile_us(50)):>9} {fmt_us(timing.percentile_us(99)):>9}"
-        )
+    pipe = (
+        f"{fmt_us(per_write['pipe'])} µs ({fmt_us(per_write['pipe_cpu'])} µs CPU) to a pipe"
+        if piped
+        else "no pipe: the engine cannot stream, stdout is buffered"
+    )
+    print(
+        f"=> per write: {fmt_us(per_write['buffered'])} µs "
+        f"({fmt_us(per_write['buffered_cpu'])} µs CPU) to a buffer, {pipe} "
+        f"(wall: difference of the p50s / {LINES}; CPU: of the means)"
+    )
+    print_table(
+        f"\nthe WSGI app called in-process for GET /hello, {runs} calls, no HTTP",
+        [wsgi_plain, wsgi_werkzeug, wsgi_wagi, *([handoff] if handoff else [])],
+    )
 
     profiles: list[Path] = []
     if profile_dir is not None:
@@ -606,12 +654,14 @@ def bench_engine(
         "engine_hello_25_limits": run_limits,
         "hello_buffered": hello_buffered,
         "lines_buffered": lines_buffered,
-        "hello_pipe": hello_piped,
-        "lines_pipe": lines_piped,
         "wsgi_plain": wsgi_plain,
         "wsgi_werkzeug": wsgi_werkzeug,
         "wsgi_wagi_hello": wsgi_wagi,
     }
+    if hello_piped is not None and lines_piped is not None:
+        timings |= {"hello_pipe": hello_piped, "lines_pipe": lines_piped}
+    if handoff is not None:
+        timings["runner_handoff"] = handoff
     failures = {t.label: t.failures for t in timings.values() if t.failures}
     if json_path is not None:
         figures = {

@@ -300,7 +300,8 @@ class Server:
     (``plain_wsgi:app``); it gets the same command, settings
     (``bench/gunicorn.conf.py``) and environment as wagi. ``python`` is the
     interpreter that runs gunicorn (the one whose engine is wanted);
-    ``access_log`` False turns gunicorn's access log off.
+    ``access_log`` False turns gunicorn's access log off; on, it goes to a file of
+    its own in ``tmp``, so the server log holds only the errors.
     """
 
     def __init__(
@@ -324,7 +325,7 @@ class Server:
             "WAGI_CONFIG": CONFIG,
             "WAGI_ENGINE": engine,
             "WAGI_CACHE_DIR": str(tmp / f"cache-{self.port}"),
-            "WAGI_BENCH_ACCESS_LOG": "on" if access_log else "off",
+            "WAGI_BENCH_ACCESS_LOG": str(tmp / f"access-{self.port}.log") if access_log else "off",
             "PYTHONPATH": os.pathsep.join(p for p in path if p),
         }
         self.command = [
@@ -537,20 +538,9 @@ def _wrk_ms(text: str) -> float:
 
 
 def wrk_load(
-    port: int,
-    scenario: Scenario,
-    concurrency: int,
-    seconds: float,
-    tmp: Path,
-    *,
-    stop_after: int | None = None,
+    port: int, scenario: Scenario, concurrency: int, seconds: float, tmp: Path
 ) -> LoadResult:
-    """``wrk`` for ``seconds`` with ``concurrency`` connections; bodies are not checked.
-
-    ``stop_after``: each wrk thread stops after its share of that many responses
-    (wrk's ``thread:stop()``), so the load ends after about ``stop_after``
-    requests, or at ``seconds``, whichever comes first.
-    """
+    """``wrk`` for ``seconds`` with ``concurrency`` connections; bodies are not checked."""
     threads = min(concurrency, os.cpu_count() or 1)
     command = [
         "wrk",
@@ -571,16 +561,6 @@ def wrk_load(
             "f:close()",
         ]
         lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in scenario.headers.items()]
-    if stop_after is not None:
-        # Each thread has its own Lua state, so the count is per thread.
-        lines += [
-            f"local limit = {math.ceil(stop_after / threads)}",
-            "local seen = 0",
-            "function response(status, headers, body)",
-            "  seen = seen + 1",
-            "  if seen >= limit then wrk.thread:stop() end",
-            "end",
-        ]
     if lines:
         script = tmp / "wrk-request.lua"
         script.write_text("\n".join(lines) + "\n")
@@ -611,9 +591,10 @@ def wrk_load(
         ok=total - bad,
         errors=errors,
         elapsed_s=elapsed,
-        p50_ms=_wrk_ms(percentiles["50"]),
-        p90_ms=_wrk_ms(percentiles["90"]),
-        p99_ms=_wrk_ms(percentiles["99"]),
+        # wrk prints no distribution when no request completed.
+        p50_ms=_wrk_ms(percentiles["50"]) if "50" in percentiles else float("nan"),
+        p90_ms=_wrk_ms(percentiles["90"]) if "90" in percentiles else float("nan"),
+        p99_ms=_wrk_ms(percentiles["99"]) if "99" in percentiles else float("nan"),
         first_error=(socket_errors.group(0) if socket_errors else "") if errors else "",
     )
 
