@@ -552,7 +552,7 @@ def soak(
     """
     server = entry.server
     assert isinstance(server, GunicornServer)
-    samples = [{"requests": 0, "workers": {p: memory_kib(p) for p in server.worker_pids()}}]
+    samples = [{"requests": 0, "workers": worker_state(server)}]
     done = errors = 0
     started = time.monotonic()
     while done < total:
@@ -561,11 +561,11 @@ def soak(
         done += result.ok
         errors += result.errors
         rate = result.rps or rate
-        samples.append(
-            {"requests": done, "workers": {p: memory_kib(p) for p in server.worker_pids()}}
-        )
+        samples.append({"requests": done, "workers": worker_state(server)})
         print(
-            f"    {done:>7} requests: mean worker RSS {mean_rss(samples[-1]):.1f} MiB", flush=True
+            f"    {done:>7} requests: mean worker RSS {mean_rss(samples[-1]):.1f} MiB, "
+            f"threads {threads_text(samples[-1])}",
+            flush=True,
         )
         if result.ok == 0:
             break
@@ -576,6 +576,23 @@ def soak(
         "concurrency": concurrency,
         "samples": samples,
     }
+
+
+def worker_state(server: GunicornServer) -> dict[int, dict[str, int]]:
+    """Each worker's memory (KiB) and its number of threads (runner threads included)."""
+    state = {}
+    for pid in server.worker_pids():
+        figures = memory_kib(pid)
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Threads:"):
+                    figures["threads"] = int(line.split()[1])
+        state[pid] = figures
+    return state
+
+
+def threads_text(sample: dict[str, Any]) -> str:
+    return "/".join(str(w.get("threads", "?")) for w in sample["workers"].values())
 
 
 def mean_rss(sample: dict[str, Any]) -> float:
@@ -701,6 +718,10 @@ def soak_lines(soaks: dict[str, dict[str, Any]]) -> list[str]:
             f"at c={curve['concurrency']}, {curve['errors']} errors"
         )
         lines.append(f"  {points}")
+        lines.append(
+            f"  threads per worker: {threads_text(samples[0])} at start, "
+            f"{threads_text(samples[-1])} at the end"
+        )
         if len(samples) >= 3:
             # From the first sample after the soak started: one-off growth is behind it by then.
             first, last = samples[1], samples[-1]
@@ -735,10 +756,12 @@ def plot(points: list[Point], soaks: dict[str, dict[str, Any]], path: Path, titl
     fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.8), squeeze=False)
     ax = axes[0][0]
     width = 0.8 / max(1, len(contenders))
+    colors: dict[str, Any] = {}
     for i, contender in enumerate(contenders):
         xs = [c + (i - (len(contenders) - 1) / 2) * width for c in range(len(concurrencies))]
         ys = [rps.get((contender, c), 0.0) for c in concurrencies]
         bars = ax.bar(xs, ys, width, label=contender)
+        colors[contender] = bars.patches[0].get_facecolor() if bars.patches else None
         ax.bar_label(bars, fmt="%.0f", fontsize=7, rotation=90, padding=2)
     ax.set_xticks(
         range(len(concurrencies)), [f"{c} connection{'' if c == 1 else 's'}" for c in concurrencies]
@@ -749,18 +772,22 @@ def plot(points: list[Point], soaks: dict[str, dict[str, Any]], path: Path, titl
     ax.margins(y=0.2)
     if soaks:
         ax = axes[0][1]
+        highest = 0.0
         for label, curve in soaks.items():
             samples = curve["samples"]
+            rss = [mean_rss(s) for s in samples]
+            highest = max([highest, *rss])
             ax.plot(
                 [s["requests"] for s in samples],
-                [mean_rss(s) for s in samples],
+                rss,
                 marker="o",
                 label=label,
+                color=colors.get(label),
             )
         ax.set_xlabel("requests served (GET /hello)")
         ax.set_ylabel("mean worker RSS, MiB")
         ax.set_title("worker memory under load")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, highest * 1.2 or 1)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
