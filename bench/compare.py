@@ -22,7 +22,7 @@ One command does everything, from a fresh clone:
    - **classic CGI**: ``bench/cgi/hello.c`` built with ``cc -O2`` now, behind
      nginx + fcgiwrap (fork and exec per request), as many fcgiwrap children and
      nginx workers as gunicorn workers;
-   - with ``--extra``, wagi's ``/env/x?a=1`` (C, 25 variables) and a 16 KiB
+   - with ``--extra``, wagi's ``/env/x?a=1`` (C, prints its environment) and a 16 KiB
      ``POST /echo`` on each engine;
 
 3. checks every contender's answer once (status, Content-Type, exact body),
@@ -937,7 +937,7 @@ def make_entries(
             label = f"wagi {name}"
             scenarios = [(label, HELLO)]
             if args.extra:
-                scenarios += [(f"{label} /env (25 vars)", ENV), (f"{label} POST /echo 16K", ECHO)]
+                scenarios += [(f"{label} GET /env (C)", ENV), (f"{label} POST /echo 16K", ECHO)]
             entries.append(Entry(f"wagi-{name}", label, server, scenarios, True, name))
         elif name == "cgi":
             server = CgiServer(args.workers, tmp, build_cgi(tmp), access_log=access)
