@@ -656,14 +656,20 @@ def http_table(points: list[Point], concurrencies: Sequence[int]) -> list[str]:
     return lines
 
 
+def verdict(ratio: float | None, target: float) -> str:
+    if ratio is None:
+        return "-"
+    return f"{ratio:.2f}x ({'met' if ratio >= target else 'not met'})"
+
+
 def target_lines(points: list[Point], micro: dict[str, Any]) -> list[str]:
-    lines = ["targets of issue 6 (met / not met in this run):"]
+    lines = ["targets of issue 6, in this run:"]
     for engine in ("wasmtime", "wasmer"):
         hello = [p for p in points if p.server == f"wagi-{engine}" and p.scenario == HELLO.label]
         if not hello:
             continue
-        wsgi = ", ".join(f"c={p.concurrency} {fmt(p.vs_wsgi, 2, 'x')}" for p in hello)
-        cgi = ", ".join(f"c={p.concurrency} {fmt(p.vs_cgi, 2, 'x')}" for p in hello)
+        wsgi = ", ".join(f"c={p.concurrency} {verdict(p.vs_wsgi, TARGET_VS_WSGI)}" for p in hello)
+        cgi = ", ".join(f"c={p.concurrency} {verdict(p.vs_cgi, TARGET_VS_CGI)}" for p in hello)
         lines.append(f"  wagi {engine} hello vs plain WSGI (>= {TARGET_VS_WSGI}x): {wsgi}")
         lines.append(f"  wagi {engine} hello vs classic CGI (>= {TARGET_VS_CGI:g}x): {cgi}")
     for engine, figures in micro.items():
