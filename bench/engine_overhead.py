@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""In-process micro-benchmark: what one ``engine.run`` of a module costs, without HTTP.
+"""In-process micro-benchmark: what one module run and one WSGI call cost, without HTTP.
 
 Usage::
 
     python bench/engine_overhead.py [--engine auto|wasmer|wasmtime|all] [--runs N]
                                     [--module samples/hello.wat]
+                                    [--json FILE] [--profile DIR]
 
 It creates an engine directly (``wagi.engines.create_engine``), loads the module
 and runs it ``N`` times with ``engine.run(module, Invocation(...))``, timing every
@@ -16,6 +17,18 @@ call. Two baselines are measured in the same process with the same count:
 "run - Invocation" is then what the engine adds per run: a store, WASI state,
 an instance, the call, and copying stdout back.
 
+Then, in the same process:
+
+- **per write**: ``bench/lines.wat`` writes its body in 1,000 one-line writes;
+  its run time minus hello's (one write), divided by 1,000, is what a write
+  costs, to a buffer and to a pipe (the streaming path);
+- **the whole WSGI app**: a :class:`wagi.gateway.Gateway` built from
+  ``bench/modules.toml`` is called for ``GET /hello`` with a prepared WSGI
+  environ, next to ``bench/plain_wsgi.py`` and a bare werkzeug Request +
+  Response called the same way. No HTTP, no gunicorn;
+- ``--profile DIR`` (needs pyinstrument, the ``bench`` extra): where the time of
+  those WSGI calls and of the engine runs goes, saved as text in DIR.
+
 The engine is created in this process and nothing is forked after that (a
 forked child of a process that compiled with cranelift hangs). With
 ``--engine all`` this process creates no engine at all: it starts a fresh
@@ -26,29 +39,42 @@ from __future__ import annotations
 
 import argparse
 import array
+import contextlib
 import gc
 import importlib.metadata
+import io
+import json
 import math
+import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+BENCH = ROOT / "bench"
+for _path in (str(ROOT), str(BENCH)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 from wagi.engines import ENGINE_NAMES, create_engine, importable  # noqa: E402
-from wagi.engines.base import Engine, Invocation, LoadedModule  # noqa: E402
+from wagi.engines.base import Engine, Invocation, Limits, LoadedModule  # noqa: E402
 from wagi.policy import choose_engine  # noqa: E402
 
 DEFAULT_MODULE = ROOT / "samples" / "hello.wat"
 DEFAULT_RUNS = 2000
 WARMUP_RUNS = 20
+
+LINES_MODULE = BENCH / "lines.wat"
+LINES = 1000
+"""Body writes of ``bench/lines.wat`` (plus one for its header block)."""
+HELLO_OUTPUT = b"Content-Type: text/plain\n\nHello, world!\n"
+LINES_OUTPUT = b"Content-Type: text/plain\n\n" + b"Hello, world!\n" * LINES
 
 # Roughly what the gateway passes for ``GET /env/x?a=1``: the CGI variables.
 CGI_ENV: Mapping[str, str] = {
@@ -77,6 +103,8 @@ CGI_ENV: Mapping[str, str] = {
     "X_MATCHED_ROUTE": "/env/...",
     "X_RAW_PATH_INFO": "/x",
 }
+REQUEST_ENV: Mapping[str, str] = {"GREETING": "hello from modules.toml", **CGI_ENV}
+"""25 variables: the CGI variables plus a module's own, as large as a real request's."""
 
 
 @dataclass
@@ -86,10 +114,19 @@ class Timing:
     count: int
     per_call_ns: array.array[int] | None = None
     """Each call timed on its own (engine runs only; too coarse for the baselines)."""
+    failures: int = 0
+    """Calls whose result was not the expected one."""
+    cpu_s: float | None = None
+    """CPU time of the whole process (every thread) over the calls."""
 
     @property
     def mean_us(self) -> float:
         return self.total_s / self.count * 1e6
+
+    @property
+    def cpu_us(self) -> float | None:
+        """Mean CPU µs per call: steadier than wall time when other processes compete."""
+        return None if self.cpu_s is None else self.cpu_s / self.count * 1e6
 
     def percentile_us(self, p: float) -> float | None:
         if not self.per_call_ns:
@@ -97,6 +134,18 @@ class Timing:
         ordered = sorted(self.per_call_ns)
         rank = max(0, min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1))
         return ordered[rank] / 1000
+
+    def as_json(self, key: str) -> dict[str, Any]:
+        return {
+            "key": key,
+            "label": self.label,
+            "runs": self.count,
+            "failures": self.failures,
+            "mean_us": self.mean_us,
+            "p50_us": self.percentile_us(50),
+            "p99_us": self.percentile_us(99),
+            "cpu_us": self.cpu_us,
+        }
 
 
 def memory_kib() -> dict[str, int]:
@@ -121,6 +170,42 @@ def noop_loop(count: int) -> Timing:
     return Timing("no-op loop", time.perf_counter() - start, count)
 
 
+def timed_calls(label: str, count: int, call: Callable[[], bool]) -> Timing:
+    """``count`` calls of ``call``, each timed on its own; a False return is a failure.
+
+    The timings buffer is allocated beforehand, so that recording the timings
+    does not show up as memory growth.
+    """
+    per_call = timings_buffer(count)
+    failures = 0
+    clock = time.perf_counter_ns
+    cpu_start = time.process_time()
+    start = time.perf_counter()
+    for i in range(count):
+        t0 = clock()
+        ok = call()
+        per_call[i] = clock() - t0
+        if not ok:
+            failures += 1
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
+    return Timing(label, elapsed, count, per_call, failures, cpu)
+
+
+def print_table(title: str, timings: list[Timing]) -> None:
+    """Wall time per call (mean, p50, p99) and CPU time per call (mean)."""
+    print(title)
+    header = f"{'case':<38} {'mean µs':>9} {'p50 µs':>9} {'p99 µs':>9} {'CPU µs':>9}"
+    print(header)
+    print("-" * len(header))
+    for timing in timings:
+        print(
+            f"{timing.label:<38} {fmt_us(timing.mean_us):>9} "
+            f"{fmt_us(timing.percentile_us(50)):>9} {fmt_us(timing.percentile_us(99)):>9} "
+            f"{fmt_us(timing.cpu_us):>9}"
+        )
+
+
 def time_runs(
     label: str,
     engine: Engine,
@@ -129,25 +214,78 @@ def time_runs(
     argv: list[str],
     env: Mapping[str, str],
     expect: bytes,
-    per_call: array.array[int] | None = None,
-) -> tuple[Timing, int]:
-    """``count`` runs, each timed; returns the timing and how many runs did not succeed.
+    limits: Limits | None = None,
+) -> Timing:
+    """``count`` runs with stdout kept in the result; a run must print ``expect``."""
+    limits = limits or Limits()
 
-    ``per_call`` receives each run's time: allocated beforehand, so that
-    recording the timings does not show up as memory growth.
+    def run() -> bool:
+        invocation = Invocation(entrypoint="_start", argv=argv, env=env, limits=limits)
+        result = engine.run(module, invocation)
+        return result.succeeded and expect in result.stdout
+
+    return timed_calls(label, count, run)
+
+
+@contextlib.contextmanager
+def stdout_pipe() -> Iterator[tuple[int, Callable[[], bytes]]]:
+    """A pipe set up the way the gateway streams a module's stdout through it.
+
+    Yields the write end (for ``Invocation.stdout_fd``) and a function that
+    reads everything written so far.
     """
-    if per_call is None:
-        per_call = timings_buffer(count)
-    failures = 0
-    clock = time.perf_counter_ns
-    start = time.perf_counter()
-    for i in range(count):
-        t0 = clock()
-        result = engine.run(module, Invocation(entrypoint="_start", argv=argv, env=env))
-        per_call[i] = clock() - t0
-        if not result.succeeded or expect not in result.stdout:
-            failures += 1
-    return Timing(label, time.perf_counter() - start, count, per_call), failures
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    with contextlib.suppress(OSError):  # as wagi.gateway.Gateway.stream does
+        import fcntl
+
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 1024 * 1024)
+
+    def drain() -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(read_fd, 1 << 20)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        yield write_fd, drain
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def time_piped_runs(
+    label: str,
+    engine: Engine,
+    module: LoadedModule,
+    count: int,
+    env: Mapping[str, str],
+    expect: bytes,
+) -> Timing:
+    """``count`` runs writing stdout to a pipe (the gateway's streaming path); exact bytes."""
+    with stdout_pipe() as (write_fd, drain):
+
+        def run() -> bool:
+            invocation = Invocation(entrypoint="_start", argv=["/"], env=env, stdout_fd=write_fd)
+            result = engine.run(module, invocation)
+            return result.succeeded and drain() == expect
+
+        return timed_calls(label, count, run)
+
+
+def median_difference(a: Timing, b: Timing) -> float:
+    """p50 of ``a`` minus p50 of ``b``, in µs."""
+    return (a.percentile_us(50) or 0.0) - (b.percentile_us(50) or 0.0)
+
+
+def cpu_difference(a: Timing, b: Timing) -> float:
+    """Mean CPU µs per call of ``a`` minus that of ``b``."""
+    return (a.cpu_us or 0.0) - (b.cpu_us or 0.0)
 
 
 def timings_buffer(count: int) -> array.array[int]:
@@ -171,7 +309,156 @@ def engine_version(name: str) -> str:
         return "?"
 
 
-def bench_engine(name: str, module_path: Path, runs: int) -> int:
+# --------------------------------------------------------------------------- the WSGI app
+
+
+def hello_environ() -> dict[str, Any]:
+    """The WSGI environ of ``GET /hello`` as gunicorn would build it for wrk's request."""
+    from werkzeug.test import EnvironBuilder
+
+    builder = EnvironBuilder(
+        path="/hello",
+        base_url="http://127.0.0.1:8000",
+        headers={"Host": "127.0.0.1:8000"},
+        environ_overrides={
+            "RAW_URI": "/hello",
+            "REMOTE_ADDR": "127.0.0.1",
+            "REMOTE_PORT": "49400",
+            "SERVER_SOFTWARE": "gunicorn",
+        },
+    )
+    return builder.get_environ()
+
+
+def wsgi_caller(
+    app: Callable[..., Any], template: Mapping[str, Any]
+) -> Callable[[], tuple[str, list[tuple[str, str]], bytes]]:
+    """A function that calls ``app`` once the way a WSGI server does: status, headers, body."""
+
+    def call() -> tuple[str, list[tuple[str, str]], bytes]:
+        environ = dict(template)
+        environ["wsgi.input"] = io.BytesIO()
+        started: list[Any] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc: Any = None) -> Any:
+            started[:] = [status, headers]
+            return None
+
+        body = app(environ, start_response)
+        try:
+            data = b"".join(body)
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        return started[0], started[1], data
+
+    return call
+
+
+def check_hello(label: str, answer: tuple[str, list[tuple[str, str]], bytes]) -> None:
+    status, headers, body = answer
+    content_type = dict(headers).get("Content-Type")
+    if status != "200 OK" or body != b"Hello, world!\n" or content_type != "text/plain":
+        raise RuntimeError(f"{label}: unexpected answer {status} {headers} {body[:200]!r}")
+
+
+def werkzeug_hello(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    """The least a werkzeug app does per request: a Request and a Response."""
+    from werkzeug.wrappers import Request, Response
+
+    Request(environ)
+    return Response(b"Hello, world!\n", content_type="text/plain")(environ, start_response)
+
+
+def make_gateway(name: str, cache: Path) -> Any:
+    """A Gateway for ``bench/modules.toml`` on engine ``name``, as a worker builds it."""
+    from wagi import settings as wagi_settings
+    from wagi.config import load_config
+    from wagi.gateway import Gateway
+
+    settings = wagi_settings.load(
+        environ={
+            "WAGI_CONFIG": str(BENCH / "modules.toml"),
+            "WAGI_ENGINE": name,
+            "WAGI_CACHE_DIR": str(cache),
+        }
+    )
+    return Gateway.create(settings, load_config(settings.config))
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def write_profiles(
+    name: str,
+    profile_dir: Path,
+    runs: int,
+    wagi_call: Callable[[], object],
+    engine: Engine,
+    module: LoadedModule,
+) -> list[Path]:
+    """pyinstrument profiles of the WSGI call and of the engine run; the files written."""
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        print("--profile: pyinstrument is not installed (pip install -e '.[bench]')")
+        return []
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def profile(what: str, title: str, call: Callable[[], object]) -> None:
+        profiler = Profiler(interval=0.0001)
+        profiler.start()
+        for _ in range(runs):
+            call()
+        profiler.stop()
+        path = profile_dir / f"profile-{name}-{what}.txt"
+        header = (
+            f"# {title}\n# {name} {engine_version(name)}, Python {platform.python_version()}, "
+            f"{runs} calls, pyinstrument {engine_version('pyinstrument')} (interval 0.1 ms)\n"
+        )
+        path.write_text(header + profiler.output_text(unicode=True, color=False))
+        written.append(path)
+
+    profile(
+        "wsgi",
+        "The whole WSGI app call for GET /hello, in-process (the serving thread; on a "
+        "streaming engine the module runs on a runner thread, seen here as the wait for "
+        "the pipe: see the engine profile)",
+        wagi_call,
+    )
+    with stdout_pipe() as (write_fd, drain):
+        # Where the gateway runs a module: stdout to a pipe on a streaming engine.
+        stdout_fd = write_fd if engine.capabilities.streaming else None
+        where = "stdout to a pipe" if stdout_fd is not None else "stdout buffered"
+
+        def run() -> None:
+            invocation = Invocation(
+                entrypoint="_start", argv=["/hello"], env=REQUEST_ENV, stdout_fd=stdout_fd
+            )
+            engine.run(module, invocation)
+            drain()
+
+        profile(
+            "engine",
+            f"engine.run of samples/hello.wat with 25 variables, {where} (what the gateway "
+            "runs for each request; on a runner thread where the engine streams)",
+            run,
+        )
+    return written
+
+
+# --------------------------------------------------------------------------- one engine
+
+
+def bench_engine(
+    name: str,
+    module_path: Path,
+    runs: int,
+    json_path: Path | None = None,
+    profile_dir: Path | None = None,
+) -> int:
     """Benchmark engine ``name`` in this process. Returns an exit status."""
     mem_start = memory_kib()
     with tempfile.TemporaryDirectory(prefix="wagi-bench-") as tmp:
@@ -180,6 +467,9 @@ def bench_engine(name: str, module_path: Path, runs: int) -> int:
         t1 = time.perf_counter()
         module = engine.load(module_path)
         t2 = time.perf_counter()
+        lines = engine.load(LINES_MODULE)
+        hello = module if module_path == DEFAULT_MODULE else engine.load(DEFAULT_MODULE)
+        gateway = make_gateway(name, Path(tmp) / "cache")
     mem_loaded = memory_kib()
 
     argv = ["/hello"]
@@ -187,11 +477,10 @@ def bench_engine(name: str, module_path: Path, runs: int) -> int:
     expect = b"Hello, world!" if module_path.name == "hello.wat" else b""
 
     # Warm up: the first runs fill caches (and the wasmtime ticker, if any).
-    _, failures = time_runs("warm-up", engine, module, WARMUP_RUNS, argv, small_env, expect)
-    if failures:
-        print(f"{name}: {failures}/{WARMUP_RUNS} warm-up runs failed", file=sys.stderr)
+    warm = time_runs("warm-up", engine, module, WARMUP_RUNS, argv, small_env, expect)
+    if warm.failures:
+        print(f"{name}: {warm.failures}/{WARMUP_RUNS} warm-up runs failed", file=sys.stderr)
         return 1
-    buffers = (timings_buffer(runs), timings_buffer(runs))
     mem_warm = memory_kib()
 
     gc.collect()
@@ -201,20 +490,93 @@ def bench_engine(name: str, module_path: Path, runs: int) -> int:
         runs,
         lambda: Invocation(entrypoint="_start", argv=argv, env=small_env),
     )
-    run_small, fail_small = time_runs(
-        "run (argv + 1 env var)", engine, module, runs, argv, small_env, expect, buffers[0]
-    )
-    run_cgi, fail_cgi = time_runs(
-        f"run (argv + {len(CGI_ENV)} CGI vars)",
+    run_small = time_runs("run (argv + 1 env var)", engine, module, runs, argv, small_env, expect)
+    run_request = time_runs(
+        f"run (argv + {len(REQUEST_ENV)} env vars)",
         engine,
         module,
         runs,
         argv,
-        CGI_ENV,
+        REQUEST_ENV,
         expect,
-        buffers[1],
+    )
+    hello_handler = gateway.table.match("/hello").handler
+    run_limits = time_runs(
+        f"run ({len(REQUEST_ENV)} vars, server limits)",
+        engine,
+        module,
+        runs,
+        argv,
+        REQUEST_ENV,
+        expect,
+        hello_handler.limits,
     )
     mem_end = memory_kib()
+
+    # Many small writes: hello (1 write) against lines (1 + 1,000 writes), same environment.
+    line_runs = max(20, runs // 10)
+    hello_buffered = time_runs(
+        "hello, stdout buffered", engine, hello, line_runs, argv, REQUEST_ENV, HELLO_OUTPUT
+    )
+    lines_buffered = time_runs(
+        "lines, stdout buffered", engine, lines, line_runs, argv, REQUEST_ENV, LINES_OUTPUT
+    )
+    hello_piped = lines_piped = None
+    if engine.capabilities.streaming:  # the others keep stdout whole in the result
+        hello_piped = time_piped_runs(
+            "hello, stdout to a pipe", engine, hello, line_runs, REQUEST_ENV, HELLO_OUTPUT
+        )
+        lines_piped = time_piped_runs(
+            "lines, stdout to a pipe", engine, lines, line_runs, REQUEST_ENV, LINES_OUTPUT
+        )
+    # Wall-time medians (one run of lines takes milliseconds, long enough to be hit by other
+    # processes) and CPU means (what the process spent, whoever else wanted the CPUs).
+    per_write: dict[str, float | None] = {
+        "buffered": median_difference(lines_buffered, hello_buffered) / LINES,
+        "buffered_cpu": cpu_difference(lines_buffered, hello_buffered) / LINES,
+        "pipe": None,
+        "pipe_cpu": None,
+    }
+    if lines_piped is not None and hello_piped is not None:
+        per_write["pipe"] = median_difference(lines_piped, hello_piped) / LINES
+        per_write["pipe_cpu"] = cpu_difference(lines_piped, hello_piped) / LINES
+
+    # The whole WSGI app, next to the least a WSGI app can do.
+    template = hello_environ()
+    from plain_wsgi import app as plain_app
+
+    callers = {
+        "plain": wsgi_caller(plain_app, template),
+        "werkzeug": wsgi_caller(werkzeug_hello, template),
+        "wagi": wsgi_caller(gateway, template),
+    }
+    for label, caller in callers.items():
+        check_hello(f"{label} WSGI app", caller())
+    for _ in range(WARMUP_RUNS):
+        callers["wagi"]()
+
+    def hello_ok(caller: Callable[[], tuple[str, list[tuple[str, str]], bytes]]) -> bool:
+        return caller()[2] == b"Hello, world!\n"
+
+    wsgi_plain = timed_calls(
+        "plain WSGI app (bench/plain_wsgi.py)", runs, lambda: hello_ok(callers["plain"])
+    )
+    wsgi_werkzeug = timed_calls(
+        "werkzeug Request + Response", runs, lambda: hello_ok(callers["werkzeug"])
+    )
+    wsgi_wagi = timed_calls("wagi Gateway, GET /hello", runs, lambda: hello_ok(callers["wagi"]))
+    handoff = None
+    if engine.capabilities.streaming:
+        # What the gateway pays to run a module on a runner thread, without the module.
+        from wagi.runner import RunnerPool
+
+        pool = RunnerPool("bench hand-off")
+        for _ in range(WARMUP_RUNS):
+            pool.submit(bool).result()
+        handoff = timed_calls(
+            "runner thread hand-off (no-op job)", runs, lambda: not pool.submit(bool).result()
+        )
+        pool.close()
 
     print(
         f"\n== engine.run micro-benchmark: {name} {engine_version(name)} "
@@ -225,12 +587,12 @@ def bench_engine(name: str, module_path: Path, runs: int) -> int:
         "(fresh artifact cache)"
     )
     header = (
-        f"{'case':<30} {'mean µs':>10} {'p50 µs':>9} {'p99 µs':>9} "
+        f"{'case':<34} {'mean µs':>9} {'p50 µs':>9} {'p99 µs':>9} {'CPU µs':>9} "
         f"{'vs no-op µs':>12} {'vs Invocation µs':>17}"
     )
     print(header)
     print("-" * len(header))
-    for timing in (baseline, construct, run_small, run_cgi):
+    for timing in (baseline, construct, run_small, run_request, run_limits):
         if timing is baseline:
             vs_noop, vs_inv = "(baseline)", "-"
         else:
@@ -241,24 +603,90 @@ def bench_engine(name: str, module_path: Path, runs: int) -> int:
                 else "+" + fmt_us(timing.mean_us - construct.mean_us)
             )
         print(
-            f"{timing.label:<30} {fmt_us(timing.mean_us):>10} "
+            f"{timing.label:<34} {fmt_us(timing.mean_us):>9} "
             f"{fmt_us(timing.percentile_us(50)):>9} {fmt_us(timing.percentile_us(99)):>9} "
-            f"{vs_noop:>12} {vs_inv:>17}"
+            f"{fmt_us(timing.cpu_us):>9} {vs_noop:>12} {vs_inv:>17}"
         )
-    measured = 2 * runs
+    measured = 3 * runs
     growth = mem_end["rss"] - mem_warm["rss"]
     line = (
         f"memory (MiB): RSS {fmt_mib(mem_start['rss'])} at start, "
-        f"{fmt_mib(mem_loaded['rss'])} with engine + module, {fmt_mib(mem_warm['rss'])} warm, "
-        f"{fmt_mib(mem_end['rss'])} after {measured} runs "
+        f"{fmt_mib(mem_loaded['rss'])} with engine + modules + gateway, "
+        f"{fmt_mib(mem_warm['rss'])} warm, {fmt_mib(mem_end['rss'])} after {measured} runs "
         f"(growth {growth:+d} KiB, {growth * 1024 / measured:+.0f} B/run)"
     )
     if "pss" in mem_end:
         line += f"; PSS {fmt_mib(mem_warm['pss'])} -> {fmt_mib(mem_end['pss'])}"
     print(line)
-    failures = fail_small + fail_cgi
+
+    piped = [t for t in (hello_piped, lines_piped) if t is not None]
+    print_table(
+        f"\nper write ({LINES} one-line writes against one write, {line_runs} runs each)",
+        [hello_buffered, lines_buffered, *piped],
+    )
+    pipe = (
+        f"{fmt_us(per_write['pipe'])} µs ({fmt_us(per_write['pipe_cpu'])} µs CPU) to a pipe"
+        if piped
+        else "no pipe: the engine cannot stream, stdout is buffered"
+    )
+    print(
+        f"=> per write: {fmt_us(per_write['buffered'])} µs "
+        f"({fmt_us(per_write['buffered_cpu'])} µs CPU) to a buffer, {pipe} "
+        f"(wall: difference of the p50s / {LINES}; CPU: of the means)"
+    )
+    print_table(
+        f"\nthe WSGI app called in-process for GET /hello, {runs} calls, no HTTP",
+        [wsgi_plain, wsgi_werkzeug, wsgi_wagi, *([handoff] if handoff else [])],
+    )
+
+    profiles: list[Path] = []
+    if profile_dir is not None:
+        profiles = write_profiles(
+            name, profile_dir, max(runs, 2000), callers["wagi"], engine, hello
+        )
+        for path in profiles:
+            print(f"profile written: {path}")
+
+    timings = {
+        "noop": baseline,
+        "invocation": construct,
+        "engine_hello_1": run_small,
+        "engine_hello_25": run_request,
+        "engine_hello_25_limits": run_limits,
+        "hello_buffered": hello_buffered,
+        "lines_buffered": lines_buffered,
+        "wsgi_plain": wsgi_plain,
+        "wsgi_werkzeug": wsgi_werkzeug,
+        "wsgi_wagi_hello": wsgi_wagi,
+    }
+    if hello_piped is not None and lines_piped is not None:
+        timings |= {"hello_pipe": hello_piped, "lines_pipe": lines_piped}
+    if handoff is not None:
+        timings["runner_handoff"] = handoff
+    failures = {t.label: t.failures for t in timings.values() if t.failures}
+    if json_path is not None:
+        figures = {
+            "engine": name,
+            "version": engine_version(name),
+            "python": platform.python_version(),
+            "runs": runs,
+            "create_engine_ms": (t1 - t0) * 1e3,
+            "load_module_ms": (t2 - t1) * 1e3,
+            "cases": [t.as_json(key) for key, t in timings.items()],
+            "per_write_us": per_write,
+            "lines_per_run": LINES,
+            "memory_kib": {
+                "start": mem_start,
+                "loaded": mem_loaded,
+                "warm": mem_warm,
+                "end": mem_end,
+            },
+            "profiles": [str(p) for p in profiles],
+            "failures": failures,
+        }
+        json_path.write_text(json.dumps(figures, indent=2) + "\n")
     if failures:
-        print(f"WARNING: {failures} of {measured} runs did not succeed", file=sys.stderr)
+        print(f"WARNING: runs that did not give the expected output: {failures}", file=sys.stderr)
         return 1
     return 0
 
@@ -286,13 +714,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", default="auto", choices=["auto", "all", *ENGINE_NAMES])
     parser.add_argument("--runs", type=int, default=DEFAULT_RUNS, help="runs per case")
     parser.add_argument("--module", type=Path, default=DEFAULT_MODULE, help="a _start module")
+    parser.add_argument("--json", type=Path, help="write the figures to this file (one engine)")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="write profiles into DIR")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     module_path = args.module.resolve()
     names = resolve(args.engine)
     if len(names) == 1 and args.engine != "all":
-        return bench_engine(names[0], module_path, args.runs)
+        return bench_engine(names[0], module_path, args.runs, args.json, args.profile)
+    if args.json is not None:
+        parser.error("--json needs one engine (--engine wasmer or wasmtime)")
     # Several engines: each in a fresh process; this one never creates an engine.
     status = 0
     for name in names:
@@ -306,6 +738,8 @@ def main(argv: list[str] | None = None) -> int:
             "--module",
             str(module_path),
         ]
+        if args.profile is not None:
+            command += ["--profile", str(args.profile)]
         status |= subprocess.run(command, stdin=subprocess.DEVNULL).returncode
     return status
 

@@ -6,8 +6,9 @@ Usage::
     python bench/run.py [--engine auto|wasmer|wasmtime|all] [--requests N]
                         [--concurrency C] [--workers W] [--loadgen python|wrk]
 
-For each engine it starts ``python -m gunicorn wagi.wsgi:app -c gunicorn.conf.py``
-from the repository root with ``bench/modules.toml``, waits for ``/healthz``,
+For each engine it starts ``python -m gunicorn wagi.wsgi:app -c bench/gunicorn.conf.py``
+(the settings of ``gunicorn.conf.py``) from the repository root with
+``bench/modules.toml``, waits for ``/healthz``,
 and loads it with, in this order:
 
 - ``GET /healthz``: the baseline. Same server, same HTTP path, no module run;
@@ -28,6 +29,10 @@ endpoint bounded by ``--max-seconds``. ``--loadgen wrk`` uses ``wrk`` (Debian
 package ``wrk``) for ``--wrk-seconds`` per endpoint instead. Only 127.0.0.1 is
 ever contacted. ``bench/engine_overhead.py`` (the engine alone, no HTTP) runs
 after each server has stopped, in a fresh process, unless ``--no-micro``.
+
+``bench/compare.py`` imports the pieces of this script (:class:`Server`, the load
+generators, the /proc readings, the scenarios) to compare wagi with a plain WSGI
+app and with classic CGI.
 """
 
 from __future__ import annotations
@@ -58,12 +63,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import wagi  # noqa: E402
 from wagi.config import load_config  # noqa: E402
 from wagi.engines import ENGINE_NAMES, importable  # noqa: E402
 from wagi.policy import choose_engine  # noqa: E402
 
 HOST = "127.0.0.1"
 CONFIG = "bench/modules.toml"
+GUNICORN_CONF = "bench/gunicorn.conf.py"
 STARTUP_SECONDS = 90.0
 REQUEST_TIMEOUT = 30.0
 ECHO_BODY = bytes(range(256)) * 64
@@ -83,23 +90,82 @@ class Scenario:
     headers: dict[str, str] = field(default_factory=dict)
     expect: Callable[[bytes], bool] = lambda data: True
     """Whether a 200 response's body is the right one."""
+    content_type: str | None = None
+    """The Content-Type the answer must have (checked once, before the load)."""
 
+
+def _env_sample_body() -> re.Pattern[bytes]:
+    """What ``samples/env.wasm`` prints for ``GET /env/x?a=1`` sent by ``http.client``.
+
+    Every line is exact except the client's port and the server's port, which
+    change from run to run.
+    """
+    port, host = b"\x00PORT\x00", b"127.0.0.1:\x00PORT\x00"
+    lines = [
+        b"argv[0] = /env",
+        b"argv[1] = a=1",
+        b"AUTH_TYPE=",
+        b"CONTENT_LENGTH=0",
+        b"CONTENT_TYPE=",
+        b"GATEWAY_INTERFACE=CGI/1.1",
+        b"GREETING=hello from modules.toml",
+        b"HTTP_ACCEPT_ENCODING=identity",
+        b"HTTP_HOST=" + host,
+        b"PATH_INFO=/x",
+        b"PATH_TRANSLATED=/x",
+        b"QUERY_STRING=a=1",
+        b"REMOTE_ADDR=127.0.0.1",
+        b"REMOTE_HOST=127.0.0.1",
+        b"REMOTE_PORT=" + port,
+        b"REMOTE_USER=",
+        b"REQUEST_METHOD=GET",
+        b"REQUEST_URI=/env/x?a=1",
+        b"SCRIPT_NAME=/env",
+        b"SERVER_NAME=127.0.0.1",
+        b"SERVER_PORT=" + port,
+        b"SERVER_PROTOCOL=HTTP/1.1",
+        b"SERVER_SOFTWARE=WAGI/" + wagi.__version__.encode(),
+        b"X_FULL_URL=http://" + host + b"/env/x?a=1",
+        b"X_MATCHED_ROUTE=/env/...",
+        b"X_RAW_PATH_INFO=/x",
+    ]
+    text = re.escape(b"\n".join(lines) + b"\n").replace(re.escape(port), rb"\d+")
+    return re.compile(text)
+
+
+HELLO_BODY = b"Hello, world!\n"
+"""The body of every hello contender: samples/hello.wat, bench/plain_wsgi.py, bench/cgi/hello.c."""
+ENV_BODY = _env_sample_body()
 
 HEALTHZ = Scenario("GET /healthz", "GET", "/healthz", expect=lambda data: data == b"OK")
+HELLO = Scenario(
+    "GET /hello",
+    "GET",
+    "/hello",
+    expect=lambda data: data == HELLO_BODY,
+    content_type="text/plain",
+)
+ENV = Scenario(
+    "GET /env/x?a=1",
+    "GET",
+    "/env/x?a=1",
+    expect=lambda data: ENV_BODY.fullmatch(data) is not None,
+    content_type="text/plain",
+)
+ECHO = Scenario(
+    "POST /echo 16 KiB",
+    "POST",
+    "/echo",
+    body=ECHO_BODY,
+    headers={"Content-Type": "application/octet-stream"},
+    expect=lambda data: data == ECHO_BODY,
+    content_type="application/octet-stream",
+)
 SCENARIOS = (
     HEALTHZ,
-    Scenario("GET /hello", "GET", "/hello", expect=lambda data: b"Hello, world!" in data),
-    Scenario(
-        "GET /env/x?a=1", "GET", "/env/x?a=1", expect=lambda data: b"QUERY_STRING=a=1" in data
-    ),
-    Scenario(
-        "POST /echo 16 KiB",
-        "POST",
-        "/echo",
-        body=ECHO_BODY,
-        headers={"Content-Type": "application/octet-stream"},
-        expect=lambda data: data == ECHO_BODY,
-    ),
+    HELLO,
+    ENV,
+    ECHO,
     Scenario("GET /healthz again", "GET", "/healthz", expect=lambda data: data == b"OK"),
 )
 
@@ -167,15 +233,33 @@ def descendants(pid: int, tree: dict[int, list[int]]) -> list[int]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` (0 if it is gone)."""
+def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
+    """User + system CPU time of ``pid`` (0 if it is gone).
+
+    ``reaped_children`` adds the CPU time of its children that have ended and
+    been waited for: a process that forks per request (fcgiwrap) accounts its
+    CGI programs that way.
+    """
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
     except OSError:
         return 0.0
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLOCK_TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and every process under it, ended children included.
+
+    Compare two readings: the difference is what the whole tree spent between
+    them, including processes that started and ended in between.
+    """
+    pids = [pid, *descendants(pid, children_map())]
+    return sum(cpu_seconds(p, reaped_children=True) for p in pids)
 
 
 def memory_kib(pid: int | str) -> dict[str, int]:
@@ -211,28 +295,47 @@ def free_port() -> int:
 
 
 class Server:
-    """One ``gunicorn wagi.wsgi:app`` on 127.0.0.1 with ``bench/modules.toml``."""
+    """One gunicorn on 127.0.0.1: ``wagi.wsgi:app`` with ``bench/modules.toml`` by default.
 
-    def __init__(self, engine: str, workers: int, tmp: Path) -> None:
+    ``app`` is any WSGI app importable from the repository root or ``bench/``
+    (``plain_wsgi:app``); it gets the same command, settings
+    (``bench/gunicorn.conf.py``) and environment as wagi. ``python`` is the
+    interpreter that runs gunicorn (the one whose engine is wanted);
+    ``access_log`` False turns gunicorn's access log off; on, it goes to a file of
+    its own in ``tmp``, so the server log holds only the errors.
+    """
+
+    def __init__(
+        self,
+        engine: str,
+        workers: int,
+        tmp: Path,
+        *,
+        app: str = "wagi.wsgi:app",
+        python: str = sys.executable,
+        access_log: bool = True,
+    ) -> None:
         self.engine = engine
         self.workers = workers
         self.port = free_port()
-        self.log_path = tmp / "gunicorn.log"
+        self.log_path = tmp / f"gunicorn-{self.port}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("WAGI_")}
         env.pop("WEB_CONCURRENCY", None)
+        path = (str(ROOT), str(ROOT / "bench"), env.get("PYTHONPATH", ""))
         env |= {
             "WAGI_CONFIG": CONFIG,
             "WAGI_ENGINE": engine,
-            "WAGI_CACHE_DIR": str(tmp / "cache"),
-            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p),
+            "WAGI_CACHE_DIR": str(tmp / f"cache-{self.port}"),
+            "WAGI_BENCH_ACCESS_LOG": str(tmp / f"access-{self.port}.log") if access_log else "off",
+            "PYTHONPATH": os.pathsep.join(p for p in path if p),
         }
         self.command = [
-            sys.executable,
+            python,
             "-m",
             "gunicorn",
-            "wagi.wsgi:app",
+            app,
             "-c",
-            "gunicorn.conf.py",
+            GUNICORN_CONF,
             "--bind",
             f"{HOST}:{self.port}",
             "--workers",
@@ -313,8 +416,8 @@ class Server:
         return {w: descendants(w, tree) for w in tree.get(self.pid, [])}
 
     def server_cpu(self) -> float:
-        """CPU seconds of every process under the master (workers and their helpers)."""
-        return sum(cpu_seconds(p) for p in descendants(self.pid, children_map()))
+        """CPU seconds of the master and every process under it (workers, their helpers)."""
+        return tree_cpu_seconds(self.pid)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -347,8 +450,16 @@ def check_once(port: int, scenario: Scenario) -> None:
         data = response.read()
     finally:
         conn.close()
+    content_type = response.getheader("Content-Type")
     if response.status != 200 or not scenario.expect(data):
-        raise RuntimeError(f"{scenario.label}: unexpected answer {response.status}: {data[:200]!r}")
+        raise RuntimeError(
+            f"{scenario.label} on port {port}: unexpected answer {response.status}: {data[:300]!r}"
+        )
+    if scenario.content_type is not None and content_type != scenario.content_type:
+        raise RuntimeError(
+            f"{scenario.label} on port {port}: Content-Type {content_type!r}, "
+            f"expected {scenario.content_type!r}"
+        )
 
 
 @dataclass
@@ -431,25 +542,28 @@ def wrk_load(
     port: int, scenario: Scenario, concurrency: int, seconds: float, tmp: Path
 ) -> LoadResult:
     """``wrk`` for ``seconds`` with ``concurrency`` connections; bodies are not checked."""
+    threads = min(concurrency, os.cpu_count() or 1)
     command = [
         "wrk",
         "--latency",
-        f"--threads={min(concurrency, os.cpu_count() or 1)}",
+        f"--threads={threads}",
         f"--connections={concurrency}",
         f"--duration={max(1, round(seconds))}s",
         f"--timeout={REQUEST_TIMEOUT:.0f}s",
     ]
+    lines = []
     if scenario.method != "GET" or scenario.body or scenario.headers:
         body_file = tmp / "wrk-body.bin"
         body_file.write_bytes(scenario.body or b"")
-        script = tmp / "wrk-request.lua"
-        lines = [
+        lines += [
             f'wrk.method = "{scenario.method}"',
             f'local f = assert(io.open("{body_file}", "rb"))',
             "wrk.body = f:read('*a')",
             "f:close()",
         ]
         lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in scenario.headers.items()]
+    if lines:
+        script = tmp / "wrk-request.lua"
         script.write_text("\n".join(lines) + "\n")
         command += ["--script", str(script)]
     command.append(f"http://{HOST}:{port}{scenario.path}")
@@ -478,9 +592,10 @@ def wrk_load(
         ok=total - bad,
         errors=errors,
         elapsed_s=elapsed,
-        p50_ms=_wrk_ms(percentiles["50"]),
-        p90_ms=_wrk_ms(percentiles["90"]),
-        p99_ms=_wrk_ms(percentiles["99"]),
+        # wrk prints no distribution when no request completed.
+        p50_ms=_wrk_ms(percentiles["50"]) if "50" in percentiles else float("nan"),
+        p90_ms=_wrk_ms(percentiles["90"]) if "90" in percentiles else float("nan"),
+        p99_ms=_wrk_ms(percentiles["99"]) if "99" in percentiles else float("nan"),
         first_error=(socket_errors.group(0) if socket_errors else "") if errors else "",
     )
 

@@ -1,0 +1,1123 @@
+#!/usr/bin/env python3
+"""wagi against a plain WSGI app and classic CGI, measured side by side in one run.
+
+Usage (from the repository root; ``--quick`` for a short trial)::
+
+    .venv-3.11/bin/python bench/compare.py [--quick] [--out docs/bench]
+
+One command does everything, from a fresh clone:
+
+1. installs what is missing: the Debian packages wrk, nginx-light, fcgiwrap and
+   gcc (``apt-get``, as root; never when ``CI`` is set), and the Python packages
+   each interpreter needs (wagi's requirements and the ``bench`` extra of
+   ``setup.cfg``, with that interpreter's pip);
+2. starts every contender on 127.0.0.1, all at once (idle servers cost nothing),
+   with the same number of workers:
+
+   - **plain WSGI**: ``bench/plain_wsgi.py`` under gunicorn;
+   - **wagi wasmtime**: ``samples/hello.wat`` under the same gunicorn command and
+     settings (``bench/gunicorn.conf.py``), on ``--python`` (CPython 3.11 say);
+   - **wagi wasmer**: the same, on ``--wasmer-python`` (CPython 3.10, where
+     wasmer imports);
+   - **classic CGI**: ``bench/cgi/hello.c`` built with ``cc -O2`` now, behind
+     nginx + fcgiwrap (fork and exec per request), as many fcgiwrap children and
+     nginx workers as gunicorn workers;
+   - with ``--extra``, wagi's ``/env/x?a=1`` (C, prints its environment) and a 16 KiB
+     ``POST /echo`` on each engine;
+
+3. checks every contender's answer once (status, Content-Type, exact body),
+   then loads each with wrk at each ``--concurrency``, for ``--seconds``,
+   interleaving the contenders (``--rounds`` repeats; the median round counts);
+4. loads ``/hello`` ``--soak`` more times on each wagi server, reading every
+   worker's RSS every ``--soak-every`` requests;
+5. stops the servers, then runs ``bench/engine_overhead.py`` in each engine's
+   Python (engine run, per-write cost, the in-process WSGI call, a pyinstrument
+   profile) and ``bench/routing_cost.py`` here;
+6. prints one report and writes ``results.json``, ``report.txt``,
+   ``throughput.png`` and the profiles into ``--out``.
+
+Only 127.0.0.1 is contacted. Every server is stopped at the end, even after an
+error, Ctrl-C or SIGTERM. The exit status is 1 if any request failed, a worker
+was replaced or a check did not pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import contextlib
+import datetime
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+for _path in (str(ROOT), str(BENCH)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import routing_cost  # noqa: E402
+from run import (  # noqa: E402
+    ECHO,
+    ENV,
+    HELLO,
+    HOST,
+    LoadResult,
+    Scenario,
+    Server,
+    check_once,
+    children_map,
+    descendants,
+    free_port,
+    memory_kib,
+    sigterm_raises,
+    tree_cpu_seconds,
+    wrk_load,
+)
+
+DEBIAN_PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "fcgiwrap": "fcgiwrap", "cc": "gcc"}
+"""Program -> the Debian package that provides it."""
+
+TARGET_VS_WSGI = 0.8
+TARGET_VS_CGI = 3.0
+TARGET_ENGINE_US = 30.0
+TARGET_WSGI_US = 60.0
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def find_program(name: str) -> str | None:
+    """``name`` on PATH, or in /usr/sbin (nginx and fcgiwrap live there, off a user's PATH)."""
+    found = shutil.which(name)
+    if found is None and Path("/usr/sbin", name).exists():
+        found = f"/usr/sbin/{name}"
+    return found
+
+
+def ensure_debian_packages(install: bool) -> None:
+    missing = sorted({pkg for prog, pkg in DEBIAN_PACKAGES.items() if find_program(prog) is None})
+    if not missing:
+        return
+    command = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
+    if not install or os.environ.get("CI") or os.geteuid() != 0:
+        why = "--no-install" if not install else "CI" if os.environ.get("CI") else "not root"
+        raise SystemExit(
+            f"missing Debian packages ({why}): run 'sudo apt-get install "
+            f"--no-install-recommends {' '.join(missing)}' and try again"
+        )
+    print(f"installing {' '.join(missing)} (Debian packages)", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def requirements(*sections: str) -> list[str]:
+    """Requirement lines of ``setup.cfg``: ``install_requires`` and the named extras."""
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg")
+    lines = parser.get("options", "install_requires").splitlines()
+    for section in sections:
+        lines += parser.get("options.extras_require", section).splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+_MISSING = """
+import importlib.metadata as md, json, sys
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    from pip._vendor.packaging.requirements import Requirement
+missing = []
+for line in json.loads(sys.argv[1]):
+    req = Requirement(line)
+    if req.marker is not None and not req.marker.evaluate():
+        continue
+    try:
+        version = md.version(req.name)
+    except md.PackageNotFoundError:
+        missing.append(line)
+        continue
+    if not req.specifier.contains(version, prereleases=True):
+        missing.append(line)
+print(json.dumps(missing))
+"""
+
+
+def ensure_python_packages(python: str, wanted: list[str], install: bool) -> None:
+    """Install into ``python``'s environment the requirements it does not satisfy."""
+    probe = subprocess.run(
+        [python, "-c", _MISSING, json.dumps(wanted)], capture_output=True, text=True, check=True
+    )
+    missing = json.loads(probe.stdout)
+    if not missing:
+        return
+    command = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *missing]
+    if not install:
+        raise SystemExit(f"{python} lacks {missing}: run {' '.join(command)}")
+    print(f"installing {', '.join(missing)} into {python}", flush=True)
+    subprocess.run(command, check=True)
+
+
+_PROBE = """
+import importlib.metadata as md, json, platform, sys
+sys.path.insert(0, sys.argv[1])
+from wagi.engines import ENGINE_NAMES, importable
+def version(name):
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+print(json.dumps({
+    "python": platform.python_implementation() + " " + platform.python_version(),
+    "engines": [n for n in ENGINE_NAMES if importable(n)[0]],
+    "versions": {n: version(n) for n in ("wasmtime", "wasmer", "gunicorn", "werkzeug")},
+}))
+"""
+
+
+def probe_python(python: str) -> dict[str, Any]:
+    """The interpreter's version, the engines that import there and the package versions."""
+    result = subprocess.run(
+        [python, "-c", _PROBE, str(ROOT)], capture_output=True, text=True, check=True
+    )
+    info: dict[str, Any] = json.loads(result.stdout)
+    info["path"] = python
+    return info
+
+
+def default_wasmer_python(main_python: str) -> str | None:
+    venv = ROOT / ".venv-3.10" / "bin" / "python"
+    if venv.exists():
+        return str(venv)
+    return main_python
+
+
+def first_line(command: list[str]) -> str:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    text = (result.stdout + result.stderr).strip()
+    return text.splitlines()[0] if text else "?"
+
+
+def machine_info(pythons: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    cpu_model = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    distro = "?"
+    with contextlib.suppress(OSError), open("/etc/os-release") as f:
+        for line in f:
+            if line.startswith("PRETTY_NAME="):
+                distro = line.split("=", 1)[1].strip().strip('"')
+    fcgiwrap_help = subprocess.run(
+        [find_program("fcgiwrap") or "fcgiwrap", "-h"], capture_output=True, text=True
+    )
+    fcgiwrap = next(
+        (line for line in fcgiwrap_help.stdout.splitlines() if "version" in line), "fcgiwrap"
+    )
+    commit = first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "kernel": platform.release(),
+        "os": distro,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "load_average_at_start": os.getloadavg(),
+        "commit": commit + (" (with uncommitted changes)" if dirty else ""),
+        "pythons": pythons,
+        "tools": {
+            "wrk": first_line(["wrk", "-v"]),
+            "nginx": first_line([find_program("nginx") or "nginx", "-v"]),
+            "fcgiwrap": fcgiwrap.strip(),
+            "cc": first_line(["cc", "--version"]),
+        },
+    }
+
+
+# --------------------------------------------------------------------------- servers
+
+
+class Contender(Protocol):
+    """What the benchmark needs of a running server."""
+
+    port: int
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def roots(self) -> list[int]: ...
+    def log_tail(self, lines: int = 40) -> str: ...
+
+
+class GunicornServer(Server):
+    """:class:`run.Server` with the interface :class:`Contender` asks for."""
+
+    def roots(self) -> list[int]:
+        return [self.pid]
+
+
+class CgiServer:
+    """nginx + fcgiwrap on 127.0.0.1: a native CGI program, forked and executed per request.
+
+    ``workers`` is both the number of fcgiwrap children (each serves one request
+    at a time, as a sync gunicorn worker does) and of nginx worker processes.
+    nginx closes the connection after every response (``keepalive_timeout 0``),
+    as gunicorn's sync workers do, so every contender pays a TCP connect per
+    request and the comparison is between the ways of running the program.
+    """
+
+    def __init__(self, workers: int, tmp: Path, program: Path, *, access_log: bool) -> None:
+        self.workers = workers
+        self.tmp = tmp / "cgi"
+        self.tmp.mkdir()
+        self.port = free_port()
+        self.program = program
+        self.access_log = access_log
+        self.socket = self.tmp / "fcgiwrap.sock"
+        self.log_path = self.tmp / "server.log"
+        self.nginx: subprocess.Popen[bytes] | None = None
+        self.fcgiwrap: subprocess.Popen[bytes] | None = None
+
+    def config(self) -> str:
+        # As root, nginx's workers would run as nobody and could not reach the socket.
+        user = "user root;" if os.geteuid() == 0 else ""
+        access_log = f"{self.tmp}/access.log" if self.access_log else "off"
+        # The variables of Debian's /etc/nginx/fastcgi_params, written out here.
+        params = {
+            "QUERY_STRING": "$query_string",
+            "REQUEST_METHOD": "$request_method",
+            "CONTENT_TYPE": "$content_type",
+            "CONTENT_LENGTH": "$content_length",
+            "SCRIPT_NAME": "$fastcgi_script_name",
+            "REQUEST_URI": "$request_uri",
+            "DOCUMENT_URI": "$document_uri",
+            "DOCUMENT_ROOT": "$document_root",
+            "SERVER_PROTOCOL": "$server_protocol",
+            "REQUEST_SCHEME": "$scheme",
+            "GATEWAY_INTERFACE": "CGI/1.1",
+            "SERVER_SOFTWARE": "nginx/$nginx_version",
+            "REMOTE_ADDR": "$remote_addr",
+            "REMOTE_PORT": "$remote_port",
+            "SERVER_ADDR": "$server_addr",
+            "SERVER_PORT": "$server_port",
+            "SERVER_NAME": "$server_name",
+            "SCRIPT_FILENAME": str(self.program),
+        }
+        fastcgi = "\n".join(f"            fastcgi_param {k} {v};" for k, v in params.items())
+        return textwrap.dedent(f"""\
+            {user}
+            worker_processes {self.workers};
+            daemon off;
+            pid {self.tmp}/nginx.pid;
+            error_log {self.tmp}/error.log;
+            events {{ worker_connections 1024; }}
+            http {{
+                access_log {access_log};
+                keepalive_timeout 0;
+                client_body_temp_path {self.tmp}/body;
+                proxy_temp_path {self.tmp}/proxy;
+                fastcgi_temp_path {self.tmp}/fastcgi;
+                uwsgi_temp_path {self.tmp}/uwsgi;
+                scgi_temp_path {self.tmp}/scgi;
+                server {{
+                    listen {HOST}:{self.port};
+                    location = /hello {{
+                        fastcgi_pass unix:{self.socket};
+            {{fastcgi}}
+                    }}
+                }}
+            }}
+            """).replace("{fastcgi}", fastcgi)
+
+    def start(self) -> None:
+        deadline = time.monotonic() + 30
+        with open(self.log_path, "ab") as log:
+            # Its own session: stop() ends fcgiwrap and the children it forked, and nothing else.
+            self.fcgiwrap = subprocess.Popen(
+                [
+                    find_program("fcgiwrap") or "fcgiwrap",
+                    "-c",
+                    str(self.workers),
+                    "-s",
+                    f"unix:{self.socket}",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            while not self.socket.exists():
+                if self.fcgiwrap.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"fcgiwrap did not start:\n{self.log_tail()}")
+                time.sleep(0.02)
+            conf = self.tmp / "nginx.conf"
+            conf.write_text(self.config())
+            self.nginx = subprocess.Popen(
+                [find_program("nginx") or "nginx", "-c", str(conf), "-p", str(self.tmp)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        while not self.healthy():
+            if self.nginx.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nginx + fcgiwrap did not answer:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def healthy(self) -> bool:
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
+        try:
+            conn.request("GET", "/hello")
+            return conn.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            conn.close()
+
+    def roots(self) -> list[int]:
+        return [p.pid for p in (self.nginx, self.fcgiwrap) if p is not None]
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = ""
+        for path in (self.log_path, self.tmp / "error.log"):
+            with contextlib.suppress(OSError):
+                text += path.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.nginx is not None and self.nginx.poll() is None:
+            self.nginx.send_signal(signal.SIGQUIT)
+            try:
+                self.nginx.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.nginx.kill()
+                self.nginx.wait()
+        if self.fcgiwrap is not None and self.fcgiwrap.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.fcgiwrap.pid, signal.SIGTERM)
+            try:
+                self.fcgiwrap.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.fcgiwrap.pid, signal.SIGKILL)
+                self.fcgiwrap.wait()
+
+
+def build_cgi(tmp: Path) -> Path:
+    program = tmp / "hello.cgi"
+    subprocess.run(
+        [find_program("cc") or "cc", "-O2", "-o", str(program), str(BENCH / "cgi" / "hello.c")],
+        check=True,
+    )
+    return program
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Entry:
+    """One server and what is loaded on it."""
+
+    key: str
+    label: str
+    server: Contender
+    scenarios: list[tuple[str, Scenario]]
+    """(row label, scenario): the first is the hello every contender answers."""
+    gunicorn: bool
+    engine: str | None = None
+
+
+@dataclass
+class Point:
+    contender: str
+    server: str
+    scenario: str
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    cpu_us_per_request: float
+    rounds_rps: list[float] = field(default_factory=list)
+    vs_wsgi: float | None = None
+    vs_cgi: float | None = None
+    first_error: str = ""
+
+
+def footprint(entry: Entry) -> dict[str, Any]:
+    """Memory in KiB: the sum over every process of the server, and per gunicorn worker."""
+    tree = children_map()
+    pids: list[int] = []
+    for root in entry.server.roots():
+        pids += [root, *descendants(root, tree)]
+    total: dict[str, int] = {}
+    for pid in pids:
+        for kind, value in memory_kib(pid).items():
+            total[kind] = total.get(kind, 0) + value
+    workers = {}
+    if entry.gunicorn:
+        workers = {pid: memory_kib(pid) for pid in sorted(tree.get(entry.server.roots()[0], []))}
+    return {"processes": len(pids), "total": total, "workers": workers}
+
+
+def mean_worker(snapshot: dict[str, Any], kind: str) -> float | None:
+    values = [w[kind] for w in snapshot["workers"].values() if kind in w]
+    return sum(values) / len(values) if values else None
+
+
+def load(entry: Entry, scenario: Scenario, concurrency: int, seconds: float, tmp: Path) -> Any:
+    cpu_start = sum(tree_cpu_seconds(root) for root in entry.server.roots())
+    result: LoadResult = wrk_load(entry.server.port, scenario, concurrency, seconds, tmp)
+    result.server_cpu_s = sum(tree_cpu_seconds(root) for root in entry.server.roots()) - cpu_start
+    return result
+
+
+def measure_points(
+    entries: list[Entry], concurrencies: Sequence[int], seconds: float, rounds: int, tmp: Path
+) -> list[Point]:
+    """Every (contender, scenario) at every concurrency, interleaved; the median round counts."""
+    results: dict[tuple[str, str, int], list[LoadResult]] = {}
+    for concurrency in concurrencies:
+        for round_number in range(rounds):
+            for entry in entries:
+                for row, scenario in entry.scenarios:
+                    tag = f" (round {round_number + 1}/{rounds})" if rounds > 1 else ""
+                    print(f"  c={concurrency:<3} {row:<28}{tag} ...", end="", flush=True)
+                    result = load(entry, scenario, concurrency, seconds, tmp)
+                    print(f" {result.rps:8.0f} req/s, {result.errors} errors")
+                    results.setdefault((entry.key, row, concurrency), []).append(result)
+    points = []
+    for (key, row, concurrency), runs in results.items():
+        chosen = sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+        scenario = next(s for e in entries for r, s in e.scenarios if r == row)
+        points.append(
+            Point(
+                contender=row,
+                server=key,
+                scenario=scenario.label,
+                concurrency=concurrency,
+                rps=chosen.rps,
+                p50_ms=chosen.p50_ms,
+                p90_ms=chosen.p90_ms,
+                p99_ms=chosen.p99_ms,
+                requests=sum(r.ok for r in runs),
+                errors=sum(r.errors for r in runs),
+                cpu_us_per_request=chosen.cpu_us_per_request,
+                rounds_rps=[r.rps for r in runs],
+                first_error=next((r.first_error for r in runs if r.first_error), ""),
+            )
+        )
+    by = {(p.server, p.scenario, p.concurrency): p for p in points}
+    for point in points:
+        wsgi = by.get(("wsgi", HELLO.label, point.concurrency))
+        cgi = by.get(("cgi", HELLO.label, point.concurrency))
+        if wsgi and wsgi.rps:
+            point.vs_wsgi = point.rps / wsgi.rps
+        if cgi and cgi.rps:
+            point.vs_cgi = point.rps / cgi.rps
+    return points
+
+
+def soak(
+    entry: Entry, total: int, every: int, concurrency: int, rate: float, tmp: Path
+) -> dict[str, Any]:
+    """Load /hello about ``total`` times; every worker's memory about every ``every`` requests.
+
+    wrk runs for a time, not a count: each chunk lasts ``every`` divided by the
+    rate of the chunk before (``rate`` req/s for the first), and the curve uses
+    the counts wrk reports.
+    """
+    server = entry.server
+    assert isinstance(server, GunicornServer)
+    samples = [{"requests": 0, "workers": worker_state(server)}]
+    done = errors = 0
+    started = time.monotonic()
+    while done < total:
+        seconds = max(1.0, min(every, total - done) / max(rate, 1.0))
+        result = wrk_load(server.port, HELLO, concurrency, seconds, tmp)
+        done += result.ok
+        errors += result.errors
+        rate = result.rps or rate
+        samples.append({"requests": done, "workers": worker_state(server)})
+        print(
+            f"    {done:>7} requests: mean worker RSS {mean_rss(samples[-1]):.1f} MiB, "
+            f"threads {threads_text(samples[-1])}",
+            flush=True,
+        )
+        if result.ok == 0:
+            break
+    return {
+        "requests": done,
+        "errors": errors,
+        "seconds": time.monotonic() - started,
+        "concurrency": concurrency,
+        "samples": samples,
+    }
+
+
+def worker_state(server: GunicornServer) -> dict[int, dict[str, int]]:
+    """Each worker's memory (KiB) and its number of threads (runner threads included)."""
+    state = {}
+    for pid in server.worker_pids():
+        figures = memory_kib(pid)
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Threads:"):
+                    figures["threads"] = int(line.split()[1])
+        state[pid] = figures
+    return state
+
+
+def threads_text(sample: dict[str, Any]) -> str:
+    return "/".join(str(w.get("threads", "?")) for w in sample["workers"].values())
+
+
+def mean_rss(sample: dict[str, Any]) -> float:
+    workers = sample["workers"].values()
+    return sum(w["rss"] for w in workers) / max(1, len(workers)) / 1024
+
+
+def run_engine_micro(
+    python: str, engine: str, runs: int, out: Path, tmp: Path
+) -> tuple[dict[str, Any] | None, str]:
+    """``engine_overhead.py`` in ``python`` for ``engine``: its figures and its printout."""
+    json_path = tmp / f"micro-{engine}.json"
+    command = [
+        python,
+        str(BENCH / "engine_overhead.py"),
+        "--engine",
+        engine,
+        "--runs",
+        str(runs),
+        "--json",
+        str(json_path),
+        "--profile",
+        str(out),
+    ]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    result = subprocess.run(
+        command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True
+    )
+    printout = result.stdout + result.stderr
+    if not json_path.exists():
+        return None, printout
+    figures: dict[str, Any] = json.loads(json_path.read_text())
+    figures["status"] = result.returncode
+    return figures, printout
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
+    if value is None or value != value:
+        return "-"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def http_table(points: list[Point], concurrencies: Sequence[int]) -> list[str]:
+    header = (
+        f"{'contender':<28} {'conc':>4} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'errors':>6} {'CPU µs/req':>10} {'vs WSGI':>7} {'vs CGI':>7}"
+    )
+    lines = [header, "-" * len(header)]
+    for concurrency in concurrencies:
+        for p in (p for p in points if p.concurrency == concurrency):
+            lines.append(
+                f"{p.contender:<28} {p.concurrency:>4} {p.rps:>8.0f} {fmt(p.p50_ms):>7} "
+                f"{fmt(p.p99_ms):>7} {p.errors:>6} {fmt(p.cpu_us_per_request, 0):>10} "
+                f"{fmt(p.vs_wsgi, 2, 'x'):>7} {fmt(p.vs_cgi, 2, 'x'):>7}"
+            )
+        lines.append("")
+    return lines
+
+
+def verdict(ratio: float | None, target: float) -> str:
+    if ratio is None:
+        return "-"
+    return f"{ratio:.2f}x ({'met' if ratio >= target else 'not met'})"
+
+
+def target_lines(points: list[Point], micro: dict[str, Any]) -> list[str]:
+    lines = ["targets of issue 6, in this run:"]
+    for engine in ("wasmtime", "wasmer"):
+        hello = [p for p in points if p.server == f"wagi-{engine}" and p.scenario == HELLO.label]
+        if not hello:
+            continue
+        wsgi = ", ".join(f"c={p.concurrency} {verdict(p.vs_wsgi, TARGET_VS_WSGI)}" for p in hello)
+        cgi = ", ".join(f"c={p.concurrency} {verdict(p.vs_cgi, TARGET_VS_CGI)}" for p in hello)
+        lines.append(f"  wagi {engine} hello vs plain WSGI (>= {TARGET_VS_WSGI}x): {wsgi}")
+        lines.append(f"  wagi {engine} hello vs classic CGI (>= {TARGET_VS_CGI:g}x): {cgi}")
+    for engine, figures in micro.items():
+        if figures is None:
+            continue
+        cases = {c["key"]: c for c in figures["cases"]}
+        run, call = cases["engine_hello_25"], cases["wsgi_wagi_hello"]
+        per_write = figures["per_write_us"]
+        sink = "pipe" if per_write.get("pipe") is not None else "buffered"
+        lines.append(
+            f"  {engine}: engine run of hello with 25 variables p50 {fmt(run['p50_us'], 1)} µs, "
+            f"CPU {fmt(run['cpu_us'], 1)} µs (<= {TARGET_ENGINE_US:g} µs); whole WSGI call p50 "
+            f"{fmt(call['p50_us'], 1)} µs, CPU {fmt(call['cpu_us'], 1)} µs "
+            f"(<= {TARGET_WSGI_US:g} µs); per write ({sink}) {fmt(per_write[sink], 1)} µs, "
+            f"CPU {fmt(per_write[sink + '_cpu'], 1)} µs (a few µs)"
+        )
+    return lines
+
+
+def memory_lines(entries: list[Entry], memory: dict[str, dict[str, Any]]) -> list[str]:
+    header = (
+        f"{'server':<16} {'procs':>5} {'PSS idle':>9} {'PSS end':>9} "
+        f"{'worker PSS idle':>15} {'worker PSS end':>14} {'worker RSS end':>14}"
+    )
+    lines = [
+        "memory, MiB (whole server: every process; worker: mean gunicorn worker; idle: before "
+        "any request; end: after every load)",
+        header,
+        "-" * len(header),
+    ]
+    for entry in entries:
+        idle, end = memory[entry.key]["idle"], memory[entry.key]["end"]
+
+        def mib(value: float | None) -> str:
+            return fmt(None if value is None else value / 1024, 1)
+
+        lines.append(
+            f"{entry.label:<16} {end['processes']:>5} {mib(idle['total'].get('pss')):>9} "
+            f"{mib(end['total'].get('pss')):>9} {mib(mean_worker(idle, 'pss')):>15} "
+            f"{mib(mean_worker(end, 'pss')):>14} {mib(mean_worker(end, 'rss')):>14}"
+        )
+    return lines
+
+
+def soak_lines(soaks: dict[str, dict[str, Any]]) -> list[str]:
+    lines = []
+    for label, curve in soaks.items():
+        samples = curve["samples"]
+        points = "  ".join(f"{s['requests'] // 1000}k:{mean_rss(s):.1f}" for s in samples)
+        lines.append(
+            f"{label}: mean worker RSS (MiB) by requests served, {curve['requests']} requests "
+            f"at c={curve['concurrency']}, {curve['errors']} errors"
+        )
+        lines.append(f"  {points}")
+        lines.append(
+            f"  threads per worker: {threads_text(samples[0])} at start, "
+            f"{threads_text(samples[-1])} at the end"
+        )
+        if len(samples) >= 3:
+            # From the first sample after the soak started: one-off growth is behind it by then.
+            first, last = samples[1], samples[-1]
+            per_worker = (last["requests"] - first["requests"]) / max(1, len(last["workers"]))
+            growth = (mean_rss(last) - mean_rss(first)) * 2**20
+            lines.append(
+                f"  RSS growth per worker after the first {first['requests']} requests: "
+                f"{growth / 1024:+.0f} KiB over about {per_worker:.0f} requests each "
+                f"({growth / max(1.0, per_worker):+.2f} B per request)"
+            )
+    return lines
+
+
+def routing_lines(results: dict[str, dict[int, float]]) -> list[str]:
+    return routing_cost.format_table(results).splitlines()
+
+
+def plot(points: list[Point], soaks: dict[str, dict[str, Any]], path: Path, title: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no plot: matplotlib is not installed here (pip install -e '.[bench]')")
+        return False
+    points = [p for p in points if p.scenario == HELLO.label]  # the extras: table only
+    contenders = list(dict.fromkeys(p.contender for p in points))
+    concurrencies = sorted({p.concurrency for p in points})
+    rps = {(p.contender, p.concurrency): p.rps for p in points}
+    panels = 2 if soaks else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.8), squeeze=False)
+    ax = axes[0][0]
+    width = 0.8 / max(1, len(contenders))
+    colors: dict[str, Any] = {}
+    for i, contender in enumerate(contenders):
+        xs = [c + (i - (len(contenders) - 1) / 2) * width for c in range(len(concurrencies))]
+        ys = [rps.get((contender, c), 0.0) for c in concurrencies]
+        bars = ax.bar(xs, ys, width, label=contender)
+        colors[contender] = bars.patches[0].get_facecolor() if bars.patches else None
+        ax.bar_label(bars, fmt="%.0f", fontsize=7, rotation=90, padding=2)
+    ax.set_xticks(
+        range(len(concurrencies)), [f"{c} connection{'' if c == 1 else 's'}" for c in concurrencies]
+    )
+    ax.set_ylabel("requests per second (higher is better)")
+    ax.set_title("GET /hello throughput, wrk on 127.0.0.1")
+    ax.legend(fontsize=8)
+    ax.margins(y=0.2)
+    if soaks:
+        ax = axes[0][1]
+        highest = 0.0
+        for label, curve in soaks.items():
+            samples = curve["samples"]
+            rss = [mean_rss(s) for s in samples]
+            highest = max([highest, *rss])
+            ax.plot(
+                [s["requests"] for s in samples],
+                rss,
+                marker="o",
+                label=label,
+                color=colors.get(label),
+            )
+        ax.set_xlabel("requests served (GET /hello)")
+        ax.set_ylabel("mean worker RSS, MiB")
+        ax.set_title("worker memory under load")
+        ax.set_ylim(0, highest * 1.2 or 1)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------- main
+
+
+QUICK = {
+    "concurrency": "1,16",
+    "seconds": 2.0,
+    "soak": 20_000,
+    "soak_every": 5_000,
+    "micro_runs": 300,
+    "routes": "1,100,1000",
+}
+DEFAULTS = {
+    "concurrency": "1,16,64",
+    "seconds": 5.0,
+    "soak": 100_000,
+    "soak_every": 10_000,
+    "micro_runs": 2000,
+    "routes": "1,100,10000",
+}
+CONTENDERS = ("wsgi", "wasmtime", "wasmer", "cgi")
+
+
+def numbers(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"{what}: expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise SystemExit(f"{what}: expected positive numbers, got {text!r}")
+    return values
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    cpus = os.cpu_count() or 1
+    parser = argparse.ArgumentParser(
+        description="wagi against plain WSGI and classic CGI, measured in one run.",
+        epilog="Defaults: "
+        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEFAULTS.items())
+        + ". --quick: "
+        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()),
+    )
+    parser.add_argument("--quick", action="store_true", help="a short trial run")
+    parser.add_argument("--workers", type=int, default=cpus, help=f"per server (default {cpus})")
+    parser.add_argument("--concurrency", help="wrk connections, comma-separated")
+    parser.add_argument("--seconds", type=float, help="wrk seconds per point")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every point; median counts")
+    parser.add_argument("--soak", type=int, help="requests of the memory soak per wagi server")
+    parser.add_argument("--soak-every", type=int, help="read worker memory every N requests")
+    parser.add_argument("--soak-concurrency", type=int, default=16)
+    parser.add_argument("--micro-runs", type=int, help="runs per in-process case")
+    parser.add_argument("--routes", help="routing table sizes, comma-separated")
+    parser.add_argument(
+        "--access-log", choices=["on", "off"], default="on", help="for every server alike"
+    )
+    parser.add_argument("--extra", action="store_true", help="also /env/x?a=1 and POST /echo")
+    parser.add_argument(
+        "--contenders",
+        default=",".join(CONTENDERS),
+        help=f"a subset of {','.join(CONTENDERS)}",
+    )
+    parser.add_argument(
+        "--skip", default="", help="parts to leave out, comma-separated: http,soak,micro,routing"
+    )
+    parser.add_argument(
+        "--python", default=sys.executable, help="runs plain WSGI and wagi on wasmtime"
+    )
+    parser.add_argument(
+        "--wasmer-python",
+        help="runs wagi on wasmer (default: .venv-3.10/bin/python if it exists, else --python)",
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench", help="output dir")
+    parser.add_argument("--no-install", action="store_true", help="install nothing; fail instead")
+    args = parser.parse_args(argv)
+    chosen = QUICK if args.quick else DEFAULTS
+    for key, value in chosen.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.concurrency = numbers(args.concurrency, "--concurrency")
+    args.routes = numbers(args.routes, "--routes")
+    args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = set(args.contenders) - set(CONTENDERS)
+    if unknown:
+        parser.error(f"--contenders: unknown {sorted(unknown)}; choose from {CONTENDERS}")
+    if args.skip - {"http", "soak", "micro", "routing"}:
+        parser.error("--skip: choose from http, soak, micro, routing")
+    if min(args.workers, args.rounds, args.soak_every, args.micro_runs) < 1 or args.seconds <= 0:
+        parser.error("--workers, --rounds, --soak-every, --micro-runs and --seconds must be > 0")
+    if args.wasmer_python is None:
+        args.wasmer_python = default_wasmer_python(args.python)
+    return args
+
+
+@contextlib.contextmanager
+def running(entries: list[Entry]) -> Iterator[None]:
+    """Start every server (all of them stay up: idle ones use no CPU); always stop them."""
+    try:
+        for entry in entries:
+            print(f"starting {entry.label} on {HOST}:{entry.server.port}", flush=True)
+            entry.server.start()
+        yield
+    except BaseException:
+        for entry in entries:
+            tail = entry.server.log_tail()
+            if tail:
+                print(f"\n{entry.label} log (last lines):\n{tail}", file=sys.stderr)
+        raise
+    finally:
+        for entry in entries:
+            entry.server.stop()
+
+
+def make_entries(
+    args: argparse.Namespace, pythons: dict[str, dict[str, Any]], tmp: Path
+) -> list[Entry]:
+    entries = []
+    access = args.access_log == "on"
+    main, wasmer = pythons["main"], pythons.get("wasmer")
+    for name in args.contenders:
+        if name == "wsgi":
+            server = GunicornServer(
+                "auto",
+                args.workers,
+                tmp,
+                app="plain_wsgi:app",
+                python=main["path"],
+                access_log=access,
+            )
+            entries.append(Entry("wsgi", "plain WSGI", server, [("plain WSGI", HELLO)], True))
+        elif name in ("wasmtime", "wasmer"):
+            python = main if name == "wasmtime" else wasmer
+            if python is None or name not in python["engines"]:
+                where = python["path"] if python else "no Python"
+                print(f"skipping wagi {name}: it does not import in {where}")
+                continue
+            server = GunicornServer(
+                name, args.workers, tmp, python=python["path"], access_log=access
+            )
+            label = f"wagi {name}"
+            scenarios = [(label, HELLO)]
+            if args.extra:
+                scenarios += [(f"{label} GET /env (C)", ENV), (f"{label} POST /echo 16K", ECHO)]
+            entries.append(Entry(f"wagi-{name}", label, server, scenarios, True, name))
+        elif name == "cgi":
+            server = CgiServer(args.workers, tmp, build_cgi(tmp), access_log=access)
+            entries.append(Entry("cgi", "classic CGI", server, [("classic CGI", HELLO)], False))
+    return entries
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    install = not args.no_install
+    if "http" not in args.skip:
+        ensure_debian_packages(install)
+    wanted_main = requirements("bench")
+    ensure_python_packages(args.python, wanted_main, install)
+    if sys.executable != args.python:
+        ensure_python_packages(sys.executable, requirements("bench"), install)
+    pythons = {"main": probe_python(args.python)}
+    if "wasmer" in args.contenders and args.wasmer_python not in (None, "none"):
+        if args.wasmer_python != args.python:
+            ensure_python_packages(args.wasmer_python, requirements("bench"), install)
+        pythons["wasmer"] = probe_python(args.wasmer_python)
+    machine = machine_info(pythons)
+    args.out.mkdir(parents=True, exist_ok=True)
+    status = 0
+    points: list[Point] = []
+    memory: dict[str, dict[str, Any]] = {}
+    soaks: dict[str, dict[str, Any]] = {}
+    micro: dict[str, Any] = {}
+    micro_printouts: list[str] = []
+    routing: dict[str, dict[int, float]] = {}
+    entries: list[Entry] = []
+
+    with sigterm_raises(), tempfile.TemporaryDirectory(prefix="wagi-compare-") as tmp_name:
+        tmp = Path(tmp_name)
+        if "http" not in args.skip:
+            entries = make_entries(args, pythons, tmp)
+            with running(entries):
+                workers_before = {}
+                for entry in entries:
+                    for _, scenario in entry.scenarios:
+                        check_once(entry.server.port, scenario)
+                    memory[entry.key] = {"idle": footprint(entry)}
+                    if entry.gunicorn:
+                        assert isinstance(entry.server, GunicornServer)
+                        workers_before[entry.key] = entry.server.worker_pids()
+                print("every answer checked (status, Content-Type, exact body); warming up")
+                for entry in entries:
+                    for _, scenario in entry.scenarios:
+                        load(entry, scenario, max(args.concurrency), 1.0, tmp)
+                points = measure_points(entries, args.concurrency, args.seconds, args.rounds, tmp)
+                if "soak" not in args.skip and args.soak > 0:
+                    for entry in entries:
+                        if entry.engine is None:
+                            continue
+                        print(f"memory soak: {entry.label}, {args.soak} x GET /hello")
+                        rate = max(
+                            (
+                                p.rps
+                                for p in points
+                                if p.server == entry.key and p.scenario == HELLO.label
+                            ),
+                            default=100.0,
+                        )
+                        soaks[entry.label] = soak(
+                            entry, args.soak, args.soak_every, args.soak_concurrency, rate, tmp
+                        )
+                for entry in entries:
+                    memory[entry.key]["end"] = footprint(entry)
+                    if entry.gunicorn:
+                        assert isinstance(entry.server, GunicornServer)
+                        if entry.server.worker_pids() != workers_before[entry.key]:
+                            print(f"WARNING: {entry.label}: workers were replaced during the run")
+                            print(entry.server.log_tail())
+                            status = 1
+            if any(p.errors for p in points) or any(s["errors"] for s in soaks.values()):
+                status = 1
+
+        if "micro" not in args.skip:
+            engines = [("wasmtime", args.python)]
+            if "wasmer" in pythons and "wasmer" in pythons["wasmer"]["engines"]:
+                engines.append(("wasmer", args.wasmer_python))
+            for engine, python in engines:
+                print(f"in-process benchmark: {engine} ({python})", flush=True)
+                figures, printout = run_engine_micro(python, engine, args.micro_runs, args.out, tmp)
+                micro[engine] = figures
+                micro_printouts.append(printout)
+                if figures is None or figures["status"] != 0:
+                    print(printout)
+                    status = 1
+        if "routing" not in args.skip:
+            print("routing cost ...", flush=True)
+            routing = routing_cost.measure(args.routes)
+
+    machine["load_average_at_end"] = os.getloadavg()
+    report = build_report(
+        args, machine, entries, points, memory, soaks, micro, micro_printouts, routing
+    )
+    print("\n" + report)
+    (args.out / "report.txt").write_text(report + "\n")
+    title = (
+        f"{machine['date']}, {machine['nproc']} CPUs ({machine['cpu_model']}), "
+        f"{args.workers} workers per server, {args.seconds:g} s per point"
+    )
+    wrote_plot = bool(points) and plot(points, soaks, args.out / "throughput.png", title)
+    results = {
+        "machine": machine,
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else sorted(v) if isinstance(v, set) else v)
+            for k, v in vars(args).items()
+        },
+        "http": [asdict(p) for p in points],
+        "memory_kib": memory,
+        "soak": soaks,
+        "inprocess": micro,
+        "routing_us": routing,
+    }
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    written = ["results.json", "report.txt"] + (["throughput.png"] if wrote_plot else [])
+    print(f"\nwritten to {args.out}: {', '.join(written)} and the profiles")
+    return status
+
+
+def build_report(
+    args: argparse.Namespace,
+    machine: dict[str, Any],
+    entries: list[Entry],
+    points: list[Point],
+    memory: dict[str, dict[str, Any]],
+    soaks: dict[str, dict[str, Any]],
+    micro: dict[str, Any],
+    micro_printouts: list[str],
+    routing: dict[str, dict[int, float]],
+) -> str:
+    lines = [
+        f"== wagi compared, {machine['date']}, commit {machine['commit']}",
+        f"machine: {machine['nproc']} CPUs, {machine['cpu_model']}, {machine['memory_gib']} GiB, "
+        f"Linux {machine['kernel']}, {machine['os']}",
+        f"load average at start {', '.join(f'{x:.2f}' for x in machine['load_average_at_start'])}"
+        f", at end {', '.join(f'{x:.2f}' for x in machine['load_average_at_end'])} "
+        "(above 0 before the run: another process competed for the CPUs)",
+    ]
+    for role, info in machine["pythons"].items():
+        versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+        lines.append(f"python ({role}): {info['python']} at {info['path']}: {versions}")
+    lines.append(", ".join(f"{k}: {v}" for k, v in machine["tools"].items()))
+    if points:
+        lines += [
+            "",
+            f"== HTTP: wrk on {HOST}, {args.seconds:g} s per point, {args.rounds} round(s), "
+            f"{args.workers} workers per server (sync gunicorn workers; fcgiwrap children), "
+            f"access log {args.access_log} everywhere, a TCP connect per request everywhere",
+            "vs WSGI / vs CGI: req/s divided by that of plain WSGI / classic CGI at the same "
+            "concurrency. CPU µs/req: CPU of every server process per request (wrk not counted)",
+            "",
+        ]
+        lines += http_table(points, args.concurrency)
+        for p in points:
+            if p.errors:
+                lines.append(f"errors: {p.contender} c={p.concurrency}: {p.first_error}")
+        lines += target_lines(points, micro)
+    elif micro:
+        lines += ["", *target_lines([], micro)]
+    if memory:
+        lines += ["", *memory_lines(entries, memory)]
+    if soaks:
+        lines += ["", *soak_lines(soaks)]
+    if micro_printouts:
+        lines += ["", "== in-process (bench/engine_overhead.py, one run per engine)"]
+        for printout in micro_printouts:
+            lines += printout.strip().splitlines()
+    if routing:
+        lines += ["", "== routing (bench/routing_cost.py)", *routing_lines(routing)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
