@@ -111,6 +111,11 @@ def _shown_path(module: Path, config: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     server_settings, config, choice = _load(args)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+    if server_settings.log_format == "json":
+        from wagi.logformat import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     gateway = Gateway.create(server_settings, config, choice)
     headers = []
     for header in args.header:

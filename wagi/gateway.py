@@ -14,6 +14,9 @@ milliseconds, are still sent whole with a Content-Length). An engine that
 cannot stream runs the module here and the response is sent when it ends. An
 engine that cannot be *interrupted* gets a :class:`~wagi.watchdog.Watchdog`
 that answers 504 when a module overruns its timeout.
+
+Each request is reported to the worker's :class:`~wagi.observe.Observer` (request
+id, route, how the module ended, when it is over); logs and metrics read it there.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from wagi.engines.base import Ending, Engine, EngineError, Invocation, RunResult
 from wagi.handlers import Handler, build_routing_table, invocation_for
 from wagi.loader import ModuleLoader
 from wagi.module_log import ModuleLog
+from wagi.observe import Observation, Observer
 from wagi.routing import RoutingTable
 from wagi.runner import Job, RunnerPool
 from wagi.settings import ServerSettings
@@ -121,12 +125,14 @@ class Gateway:
         loader: ModuleLoader,
         table: RoutingTable[Handler],
         module_log: ModuleLog,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.loader = loader
         self.table = table
         self.module_log = module_log
+        self.observer = observer or Observer(engine.name)
         self.watchdog: Watchdog | None = None
         self.pools: dict[int, RunnerPool] = {}
         self.wsgi_app: Any = self.app
@@ -147,15 +153,32 @@ class Gateway:
 
         ``serving`` (a gunicorn worker) also starts the 504 watchdog when the engine
         cannot interrupt a module, before the engine exists: nothing is spawned from a
-        process that has already compiled.
+        process that has already compiled. A serving gateway echoes request ids and
+        counts metrics (``--metrics-bind``).
         """
         if choice is None:
             choice = choose_engine(settings.engine, config, settings.max_memory)
-        watchdog = Watchdog() if serving and not choice.capabilities.interruptible else None
-        engine = create_engine(choice.name, settings.cache_dir)
+        metrics = None
+        if serving and settings.metrics_bind:
+            from wagi.metrics import Metrics  # prometheus_client only where metrics are on
+
+            metrics = Metrics()
+        watchdog = (
+            Watchdog(choice.name) if serving and not choice.capabilities.interruptible else None
+        )
+        engine = create_engine(
+            choice.name, settings.cache_dir, metrics.cache_lookup if metrics else None
+        )
         loader = ModuleLoader(engine)
         table = build_routing_table(config, engine, loader, settings)
-        gateway = cls(settings, engine, loader, table, ModuleLog(settings.log_dir))
+        observer = Observer(
+            engine.name,
+            trust_request_id=settings.trusted_proxy_hops > 0,
+            echo_request_id=serving,
+            metrics=metrics,
+        )
+        module_log = ModuleLog(settings.log_dir, json=settings.log_format == "json")
+        gateway = cls(settings, engine, loader, table, module_log, observer)
         gateway.watchdog = watchdog
         return gateway
 
@@ -163,13 +186,18 @@ class Gateway:
         return self.wsgi_app(environ, start_response)  # type: ignore[no-any-return]
 
     def app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        request = Request(environ)
-        response = self.respond(request)
-        return response(environ, start_response)
+        observation = self.observer.begin(environ)
+        try:
+            response = self.respond(Request(environ), observation)
+        except BaseException:
+            self.observer.end(observation)
+            raise
+        return self.observer.serve(observation, response, environ, start_response)
 
-    def respond(self, request: Request) -> WsgiResponse:
+    def respond(self, request: Request, observation: Observation) -> WsgiResponse:
         raw_path, query = raw_path_and_query(request.environ)
         if raw_path == HEALTH_PATH and request.method in ("GET", "HEAD"):
+            observation.route = HEALTH_PATH
             return Response("OK", content_type="text/plain; charset=utf-8")
         if "%00" in raw_path or "\0" in raw_path:
             # PATH_INFO would hold a NUL, which no C string (argv, environment) can carry.
@@ -184,7 +212,7 @@ class Gateway:
         except BadRequest:
             return error_response(400, "the request body could not be read")
         handler = match.handler
-        route = match.route.pattern
+        route = observation.route = match.route.pattern
         cgi_env = cgi_variables(
             request,
             raw_path=raw_path,
@@ -194,6 +222,7 @@ class Gateway:
             matched_route=route,
             body_length=len(body),
             default_host=self.settings.default_host,
+            request_id=observation.request_id,
         )
         argv = build_argv(handler.entry.argv, match.script_name, query)
         try:
@@ -204,12 +233,14 @@ class Gateway:
         invocation = invocation_for(handler, argv, cgi_env, body)
         if self.engine.capabilities.streaming:
             return self.stream(request, handler, module, invocation, route)
+        client = request.environ.get("gunicorn.socket")
         try:
-            result = self.run(module, invocation, request.environ.get("gunicorn.socket"), route)
+            run = self.observer.timed(self.run)
+            result = run(module, invocation, client, route, observation.request_id)
         except EngineError as exc:
             logger.error("[%s] cannot run %s: %s", route, handler.entry.module, exc)
             return error_response(500, "the module could not be started")
-        self.module_log.write(route, result.stderr)
+        self.ran(route, result)
         return self.to_response(route, result, result.stdout, handler.limits.timeout)
 
     # -- streaming engines ----------------------------------------------------------
@@ -231,8 +262,10 @@ class Gateway:
             with contextlib.suppress(OSError):  # a smaller pipe only means more wake-ups
                 fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
             os.set_blocking(write_fd, False)  # the engine waits for room up to the deadline
-            run = functools.partial(
-                self.engine.run, module, dataclasses.replace(invocation, stdout_fd=write_fd)
+            run = self.observer.timed(
+                functools.partial(
+                    self.engine.run, module, dataclasses.replace(invocation, stdout_fd=write_fd)
+                )
             )
             job = self.pool_for(handler).submit(run, close_fd=write_fd)
         except BaseException:
@@ -245,7 +278,7 @@ class Gateway:
             if complete:
                 output.close()
                 result = job.result()
-                self.module_log.write(route, result.stderr)
+                self.ran(route, result)
                 return self.to_response(route, result, bytes(stdout), timeout)
             parts = split_head(stdout)
             try:
@@ -254,7 +287,7 @@ class Gateway:
                 cgi = parse_head(parts[0])
             except BadCgiResponse as exc:
                 output.abandon()
-                self.module_log.write(route, job.result().stderr)
+                self.ran(route, job.result())
                 logger.error("[%s] invalid CGI response: %s", route, exc)
                 return error_response(500, "the module's response was not valid CGI")
         except EngineError as exc:
@@ -279,18 +312,25 @@ class Gateway:
     ) -> None:
         """After a streamed body: log how the module ended; cut the response if it failed."""
         result = job.result()
-        self.module_log.write(route, result.stderr)
+        self.ran(route, result)
         if result.succeeded:
             return
         self.log_ending(route, result, timeout)
         raise ResponseCut(f"[{route}] {result.ending.value} after {sent} body bytes were sent")
 
-    def run(self, module: Any, invocation: Invocation, client: Any, route: str) -> RunResult:
+    def ran(self, route: str, result: RunResult) -> None:
+        """A module run is over: the observer notes how it ended, its stderr goes to the log."""
+        self.observer.ran(result)
+        self.module_log.write(route, result.stderr)
+
+    def run(
+        self, module: Any, invocation: Invocation, client: Any, route: str, request_id: str = ""
+    ) -> RunResult:
         watchdog = self.watchdog
         timeout = invocation.limits.timeout
         if watchdog is None or timeout is None or not isinstance(client, socket.socket):
             return self.engine.run(module, invocation)
-        watchdog.arm(client, timeout, route)
+        watchdog.arm(client, timeout, route, request_id)
         try:
             return self.engine.run(module, invocation)
         finally:
@@ -423,7 +463,7 @@ class _StreamedResponse:
             if not first:  # the module ended after its header block, with no body
                 output.close()
                 result = output.job.result()
-                self.gateway.module_log.write(self.route, result.stderr)
+                self.gateway.ran(self.route, result)
                 finished = True
                 if not result.succeeded:
                     error = self.gateway.to_response(self.route, result, b"", self.timeout)
@@ -445,5 +485,5 @@ class _StreamedResponse:
                 output.abandon()
                 with contextlib.suppress(BaseException):
                     result = output.job.result()
-                    self.gateway.module_log.write(self.route, result.stderr)
+                    self.gateway.ran(self.route, result)
                     self.gateway.log_ending(self.route, result, self.timeout)

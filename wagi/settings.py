@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 ENGINE_CHOICES = ("auto", "wasmer", "wasmtime")
+LOG_FORMATS = ("text", "json")
 
 _UNITS = {
     "": 1,
@@ -97,6 +98,29 @@ def _parse_hops(value: str) -> int:
     if hops < 0:
         raise ValueError(f"expected 0 or more proxy hops, got {value!r}")
     return hops
+
+
+def _parse_log_format(value: str) -> str:
+    if value not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}, got {value!r}")
+    return value
+
+
+def bind_address(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:9100"`` -> ``("127.0.0.1", 9100)``; ``"[::1]:9100"`` -> ``("::1", 9100)``."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, such as 127.0.0.1:9100, got {value!r}")
+    return host, int(port)
+
+
+def _parse_optional_bind(value: str) -> str | None:
+    if not value:
+        return None
+    bind_address(value)
+    return value
 
 
 def _default_cache_dir() -> Path:
@@ -228,6 +252,25 @@ SETTINGS: Sequence[Setting] = (
         _parse_hops,
         metavar="N",
     ),
+    Setting(
+        "log_format",
+        "--log-format",
+        "How log lines are written: text, or json (one object per line, for log shippers: "
+        "gunicorn's access and error logs, wagi's events and module stderr, with route, "
+        "request id, engine, duration and ending).",
+        "text",
+        _parse_log_format,
+        metavar="|".join(LOG_FORMATS),
+    ),
+    Setting(
+        "metrics_bind",
+        "--metrics-bind",
+        "Serve Prometheus metrics at http://HOST:PORT/metrics, a port of their own (never "
+        "through the module routes); unset serves none.",
+        None,
+        _parse_optional_bind,
+        metavar="HOST:PORT",
+    ),
 )
 
 
@@ -250,6 +293,8 @@ class ServerSettings:
     max_body: int
     max_response: int
     trusted_proxy_hops: int
+    log_format: str
+    metrics_bind: str | None
 
 
 assert [s.name for s in SETTINGS] == [f.name for f in fields(ServerSettings)]

@@ -10,6 +10,7 @@ with cranelift hangs.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,7 +130,12 @@ def choose_engine(requested: str, config: Config, max_memory: int | None) -> Eng
     return EngineChoice("wasmtime", f"auto: {why}", cls.capabilities)
 
 
-def create_engine(name: str, cache_dir: Path | None) -> Engine:
-    """Instantiate engine ``name`` (in a worker or helper process, never in the master)."""
+def create_engine(
+    name: str, cache_dir: Path | None, on_lookup: Callable[[str, bool], None] | None = None
+) -> Engine:
+    """Instantiate engine ``name`` (in a worker or helper process, never in the master).
+
+    ``on_lookup`` is told of each artifact-cache lookup (see :class:`ArtifactCache`).
+    """
     cls = engine_class(name)
-    return cls(cache=ArtifactCache(cache_dir))  # type: ignore[call-arg]
+    return cls(cache=ArtifactCache(cache_dir, on_lookup))  # type: ignore[call-arg]
