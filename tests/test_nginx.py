@@ -66,6 +66,7 @@ def nginx_in_front(tmp: Path, sock: Path, server: Server) -> Iterator[str]:
                     proxy_set_header Host $http_host;
                     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
                     proxy_set_header X-Forwarded-Proto https;
+                    proxy_set_header X-Request-Id $request_id;
                 }}
             }}
         }}

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +18,11 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import PROBE, Server, env_lines, free_port, start_gunicorn, write_config
+from wagi import settings
+
+from .conftest import PROBE, ROOT, Server, env_lines, free_port, start_gunicorn, write_config
+from .test_cli import wagi
+from .test_nginx import nginx_in_front
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -165,6 +172,36 @@ def test_text_logs_stay_gunicorns(behind_proxy: Server) -> None:
     assert not re.search(r"^\{", log, re.M)
 
 
+def test_nginx_request_id_reaches_the_module(tmp_path: Path, engine: str) -> None:
+    """nginx as the README sets it up: ``proxy_set_header X-Request-Id $request_id``."""
+    sock = tmp_path / "wagi.sock"
+    config = write_config(tmp_path / "conf", '[[module]]\nroute = "/p"\nmodule = "{probe}"\n')
+    server = start_gunicorn(
+        tmp_path,
+        config,
+        engine,
+        workers=1,
+        bind=f"unix:{sock}",
+        wait=False,
+        extra_env={"WAGI_TRUSTED_PROXY_HOPS": "1"},
+    )
+    try:
+        with nginx_in_front(tmp_path, sock, server) as url:
+            first = requests.get(url + "/p?hdr&env", timeout=10)
+            second = requests.get(
+                url + "/p?hdr&env", headers={"X-Request-Id": "from-the-client"}, timeout=10
+            )
+    finally:
+        server.stop()
+    for r in (first, second):
+        # nginx's $request_id: 32 hex digits, like wagi's own, and the client's is replaced.
+        assert GENERATED_ID.fullmatch(r.headers["X-Request-Id"])
+        env = env_lines(r.text)
+        # The header nginx sent is the id (wagi did not make one of its own).
+        assert env["X_REQUEST_ID"] == env["HTTP_X_REQUEST_ID"] == r.headers["X-Request-Id"]
+    assert first.headers["X-Request-Id"] != second.headers["X-Request-Id"]
+
+
 # --- JSON logs -----------------------------------------------------------------------------
 
 
@@ -274,6 +311,21 @@ def test_json_module_stderr_in_the_log_dir(tmp_path: Path, engine: str) -> None:
             "exited",
         )
     records(server)  # the rest of the log is JSON too
+
+
+def test_wagi_run_writes_json_logs(tmp_path: Path, engine: str) -> None:
+    config = write_config(tmp_path, '[[module]]\nroute = "/p"\nmodule = "{probe}"\n')
+    ran = wagi(
+        "run", "--config", str(config), "--engine", engine, "--log-format", "json",
+        "/p?hdr&err=said&exit=3",
+    )  # fmt: skip
+    assert ran.stdout.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    module, event = [json.loads(line) for line in ran.stderr.decode().splitlines()]
+    assert (module["logger"], module["message"]) == ("wagi.module", "said")
+    assert (event["logger"], event["message"]) == ("wagi", "[/p] exited with code 3")
+    for record in (module, event):
+        assert GENERATED_ID.fullmatch(record["request_id"])
+        assert (record["route"], record["engine"], record["ending"]) == ("/p", engine, "exited")
 
 
 # --- metrics -------------------------------------------------------------------------------
@@ -402,6 +454,49 @@ def test_metrics_count_compiled_module_cache_lookups(tmp_path: Path, engine: str
         server.stop()
 
 
+def test_metrics_without_wagis_gunicorn_settings_are_refused(tmp_path: Path) -> None:
+    """Without wagi's hooks nobody would serve the numbers: the worker refuses to serve
+    (gunicorn without them builds the gateway at the first request)."""
+    config = write_config(tmp_path, '[[module]]\nroute = "/p"\nmodule = "{probe}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WAGI_", "PROMETHEUS_"))}
+    env |= {
+        "WAGI_CONFIG": str(config),
+        "WAGI_ENGINE": "wasmtime",
+        "WAGI_CACHE_DIR": str(tmp_path / "cache"),
+        "WAGI_METRICS_BIND": f"127.0.0.1:{free_port()}",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+    }
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    with open(log, "wb") as out:
+        # Started elsewhere than the checkout, so gunicorn finds no gunicorn.conf.py.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "wagi.wsgi:app", "-b", f"127.0.0.1:{port}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = server.get("/p?hdr&print=x")
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline and process.poll() is None, server.log()
+                time.sleep(0.1)
+        assert r.status_code == 500
+    finally:
+        server.stop()
+    assert (
+        "--metrics-bind needs wagi's gunicorn settings (wagi serve, or gunicorn -c "
+        "gunicorn.conf.py)" in server.log()
+    )
+
+
 def test_a_busy_metrics_port_stops_start_up(tmp_path: Path, engine: str) -> None:
     config = write_config(tmp_path, '[[module]]\nroute = "/p"\nmodule = "{probe}"\n')
     with socket.socket() as taken:
@@ -424,3 +519,31 @@ def test_a_busy_metrics_port_stops_start_up(tmp_path: Path, engine: str) -> None
         f"wagi cannot start: --metrics-bind 127.0.0.1:{port}: cannot serve metrics there: "
         "Address already in use" in server.log()
     )
+
+
+# --- the two settings -----------------------------------------------------------------------
+
+
+def test_settings_defaults_and_round_trip() -> None:
+    defaults = settings.load(None, {})
+    assert (defaults.log_format, defaults.metrics_bind) == ("text", None)
+    given = settings.load(None, {"WAGI_LOG_FORMAT": "json", "WAGI_METRICS_BIND": "[::1]:9100"})
+    assert (given.log_format, given.metrics_bind) == ("json", "[::1]:9100")
+    assert settings.load(None, settings.to_environ(given)) == given
+    assert settings.bind_address("[::1]:9100") == ("::1", 9100)
+    assert settings.bind_address("0.0.0.0:80") == ("0.0.0.0", 80)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("WAGI_LOG_FORMAT", "xml", "WAGI_LOG_FORMAT: expected one of text, json, got 'xml'"),
+        ("WAGI_METRICS_BIND", "9100", "WAGI_METRICS_BIND: expected HOST:PORT"),
+        ("WAGI_METRICS_BIND", "localhost:0", "WAGI_METRICS_BIND: expected HOST:PORT"),
+        ("WAGI_METRICS_BIND", ":9100", "WAGI_METRICS_BIND: expected HOST:PORT"),
+        ("WAGI_METRICS_BIND", "h:99999", "WAGI_METRICS_BIND: expected HOST:PORT"),
+    ],
+)
+def test_bad_settings_are_named(variable: str, value: str, message: str) -> None:
+    with pytest.raises(settings.SettingsError, match=re.escape(message)):
+        settings.load(None, {variable: value})
