@@ -141,7 +141,9 @@ def test_run_sends_method_headers_and_body(tmp_path: Path) -> None:
 @pytest.mark.parametrize("engine", ENGINES)
 def test_run_gives_the_same_bytes_as_the_server(tmp_path: Path, engine: str) -> None:
     config = samples_without_volumes(tmp_path / "conf")
-    server = start_gunicorn(tmp_path, config, engine, workers=1)
+    # Both trust the same X-Request-Id, so X_REQUEST_ID is the same too.
+    trusted = {"WAGI_TRUSTED_PROXY_HOPS": "1"}
+    server = start_gunicorn(tmp_path, config, engine, workers=1, extra_env=trusted)
     try:
         for path in (
             "/hello",
@@ -152,7 +154,8 @@ def test_run_gives_the_same_bytes_as_the_server(tmp_path: Path, engine: str) -> 
             "/nothing",
         ):
             raw = server.raw(
-                f"GET {path} HTTP/1.1\r\nHost: localhost:3000\r\nConnection: close\r\n\r\n".encode()
+                f"GET {path} HTTP/1.1\r\nHost: localhost:3000\r\nX-Request-Id: t-1\r\n"
+                "Connection: close\r\n\r\n".encode()
             )
             head, _, body = raw.partition(b"\r\n\r\n")
             status = head.split(b"\r\n")[0]
@@ -162,8 +165,12 @@ def test_run_gives_the_same_bytes_as_the_server(tmp_path: Path, engine: str) -> 
                 str(config),
                 "--engine",
                 engine,
+                "--trusted-proxy-hops",
+                "1",
                 "-H",
                 "Host: localhost:3000",
+                "-H",
+                "X-Request-Id: t-1",
                 path,
             )
             run_head, _, run_body = ran.stdout.partition(b"\r\n\r\n")
@@ -364,9 +371,14 @@ def test_every_sample_gives_the_same_bytes_on_both_engines(tmp_path: Path) -> No
     answers: dict[str, list[bytes]] = {}
     for engine in ENGINES:
         config = samples_without_volumes(tmp_path / engine / "conf")
-        server = start_gunicorn(tmp_path / engine, config, engine, workers=1)
+        # A trusted proxy's request id, the same on both (generated ones differ).
+        trusted = {"WAGI_TRUSTED_PROXY_HOPS": "1"}
+        server = start_gunicorn(tmp_path / engine, config, engine, workers=1, extra_env=trusted)
         try:
-            answers[engine] = [strip_volatile(server.raw(r)) for r in requests_to_send]
+            answers[engine] = [
+                strip_volatile(server.raw(r.replace(b"\r\n", b"\r\nX-Request-Id: r1\r\n", 1)))
+                for r in requests_to_send
+            ]
         finally:
             server.stop()
     assert answers["wasmer"] == answers["wasmtime"]

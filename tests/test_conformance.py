@@ -162,11 +162,13 @@ def test_full_environment_exact(server: Server) -> None:
         b"Proxy: http://evil.example/\r\n"
         b"Connection: close\r\n\r\n"
     )
-    status, _, body = head_and_body(raw)
+    status, head, body = head_and_body(raw)
     assert status == "HTTP/1.1 200 OK"
     env = env_lines(body.decode())
     port = env.pop("REMOTE_PORT")
     assert port.isdigit()
+    request_id = env.pop("X_REQUEST_ID")  # generated: tests/test_observability.py
+    assert head["x-request-id"] == [request_id]
     assert env == {
         "AUTH_TYPE": "Basic",
         "CONTENT_LENGTH": "0",

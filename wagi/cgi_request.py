@@ -159,8 +159,12 @@ def cgi_variables(
     matched_route: str,
     body_length: int,
     default_host: str,
+    request_id: str = "",
 ) -> dict[str, str]:
-    """The CGI meta-variables for a request that matched ``matched_route``."""
+    """The CGI meta-variables for a request that matched ``matched_route``.
+
+    ``request_id`` becomes ``X_REQUEST_ID`` (see :mod:`wagi.observe`).
+    """
     environ = request.environ
     scheme = request.scheme
     default_port = "443" if scheme == "https" else "80"
@@ -188,6 +192,7 @@ def cgi_variables(
         "X_MATCHED_ROUTE": matched_route,
         "X_RAW_PATH_INFO": raw_path_info,
         "X_FULL_URL": f"{scheme}://{host_for_url}{request_uri}",
+        "X_REQUEST_ID": request_id,
     }
     remote_port = environ.get("REMOTE_PORT")
     if remote_port:

@@ -160,6 +160,11 @@ def run(args: argparse.Namespace) -> int:
     server_settings, config, choice = _load(args)
     config, _ = pull_modules(config, server_settings)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+    if server_settings.log_format == "json":
+        from wagi.logformat import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     gateway = Gateway.create(server_settings, config, choice)
     headers = []
     for header in args.header:

@@ -14,6 +14,9 @@ milliseconds, are still sent whole with a Content-Length). An engine that
 cannot stream runs the module here and the response is sent when it ends. An
 engine that cannot be *interrupted* gets a :class:`~wagi.watchdog.Watchdog`
 that answers 504 when a module overruns its timeout.
+
+Each request is reported to the worker's :class:`~wagi.observe.Observer` (request
+id, route, how the module ended, when it is over); logs and metrics read it there.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from wagi.engines.base import Ending, Engine, EngineBroken, EngineError, Invocat
 from wagi.handlers import Handler, StartupError, build_routing_table, invocation_for
 from wagi.loader import ModuleLoader
 from wagi.module_log import ModuleLog
+from wagi.observe import Observation, Observer
 from wagi.policy import EngineChoice, choose_engine
 from wagi.routing import RoutingTable
 from wagi.runner import Job, RunnerPool
@@ -128,12 +132,14 @@ class Gateway:
         loader: ModuleLoader,
         table: RoutingTable[Handler],
         module_log: ModuleLog,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.loader = loader
         self.table = table
         self.module_log = module_log
+        self.observer = observer or Observer(engine.name)
         self.watchdog: Watchdog | None = None
         self.pools: dict[int, RunnerPool] = {}
         self.health = WorkerHealth(replace=False)
@@ -159,10 +165,17 @@ class Gateway:
         """
         if choice is None:
             choice = choose_engine(settings.engine, config, settings.max_memory)
+        metrics = None
+        if serving and settings.metrics_bind:
+            from wagi.metrics import Metrics  # prometheus_client only where metrics are on
+
+            metrics = Metrics()
         watchdog = None
         if serving and not choice.capabilities.interruptible:
-            watchdog = Watchdog(http_bytes(error_response(504, TIMEOUT_MESSAGE)))
-        engine = create_engine(choice.name, settings.cache_dir)
+            watchdog = Watchdog(http_bytes(error_response(504, TIMEOUT_MESSAGE)), choice.name)
+        engine = create_engine(
+            choice.name, settings.cache_dir, metrics.cache_lookup if metrics else None
+        )
         loader = ModuleLoader(engine)
         if any(entry.tmp for entry in config.modules):
             try:  # remove what killed workers left behind before serving
@@ -170,7 +183,14 @@ class Gateway:
             except (scratch.ScratchError, OSError) as exc:
                 raise StartupError(f"{config.path}: key 'tmp': {exc}") from None
         table = build_routing_table(config, engine, loader, settings, tolerant=serving)
-        gateway = cls(settings, engine, loader, table, ModuleLog(settings.log_dir))
+        observer = Observer(
+            engine.name,
+            trust_request_id=settings.trusted_proxy_hops > 0,
+            echo_request_id=serving,
+            metrics=metrics,
+        )
+        module_log = ModuleLog(settings.log_dir, json=settings.log_format == "json")
+        gateway = cls(settings, engine, loader, table, module_log, observer)
         gateway.watchdog = watchdog
         # A worker that can no longer run modules is replaced (wagi.worker_health).
         gateway.health = WorkerHealth(replace=serving)
@@ -183,13 +203,18 @@ class Gateway:
         return self.wsgi_app(environ, start_response)  # type: ignore[no-any-return]
 
     def app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        request = Request(environ)
-        response = self.respond(request)
-        return response(environ, start_response)
+        observation = self.observer.begin(environ)
+        try:
+            response = self.respond(Request(environ), observation)
+        except BaseException:
+            self.observer.end(observation)
+            raise
+        return self.observer.serve(observation, response, environ, start_response)
 
-    def respond(self, request: Request) -> WsgiResponse:
+    def respond(self, request: Request, observation: Observation) -> WsgiResponse:
         raw_path, query = raw_path_and_query(request.environ)
         if raw_path == HEALTH_PATH and request.method in ("GET", "HEAD"):
+            observation.route = HEALTH_PATH
             if self.health.problem():
                 return error_response(503, UNFIT_MESSAGE)
             return Response("OK", content_type="text/plain; charset=utf-8")
@@ -206,7 +231,7 @@ class Gateway:
         except BadRequest:
             return error_response(400, "the request body could not be read")
         handler = match.handler
-        route = match.route.pattern
+        route = observation.route = match.route.pattern
         cgi_env = cgi_variables(
             request,
             raw_path=raw_path,
@@ -216,6 +241,7 @@ class Gateway:
             matched_route=route,
             body_length=len(body),
             default_host=self.settings.default_host,
+            request_id=observation.request_id,
         )
         argv = build_argv(handler.entry.argv, match.script_name, query)
         try:
@@ -229,13 +255,14 @@ class Gateway:
         client = request.environ.get("gunicorn.socket")
         try:
             with scratch.provide(invocation, handler.scratch) as invocation:
-                result = self.run(module, invocation, client, route)
+                run = self.observer.timed(self.run)
+                result = run(module, invocation, client, route, observation.request_id)
         except Unfit:
             return error_response(503, UNFIT_MESSAGE)
         except (EngineError, OSError) as exc:
             logger.error("[%s] cannot run %s: %s", route, handler.entry.module, exc)
             return error_response(500, "the module could not be started")
-        self.module_log.write(route, result.stderr)
+        self.ran(route, result)
         return self.to_response(route, result, result.stdout, handler.limits.timeout)
 
     # -- streaming engines ----------------------------------------------------------
@@ -256,7 +283,7 @@ class Gateway:
         try:
             os.set_blocking(write_fd, False)  # the engine waits for room up to the deadline
             run = functools.partial(
-                self.run_with_scratch,
+                self.observer.timed(self.run_with_scratch),
                 module,
                 dataclasses.replace(invocation, stdout_fd=write_fd, stream_after=STREAM_AFTER),
                 handler,
@@ -272,7 +299,7 @@ class Gateway:
             if complete:  # the module ended: held output in the result, the rest piped
                 output.close()
                 result = job.result()
-                self.module_log.write(route, result.stderr)
+                self.ran(route, result)
                 return self.to_response(route, result, result.stdout + streamed, timeout)
             stdout = streamed
             parts = split_head(stdout)
@@ -282,7 +309,7 @@ class Gateway:
                 cgi = parse_head(parts[0])
             except BadCgiResponse as exc:
                 output.abandon()
-                self.module_log.write(route, job.result().stderr)
+                self.ran(route, job.result())
                 logger.error("[%s] invalid CGI response: %s", route, exc)
                 return error_response(500, "the module's response was not valid CGI")
         except (EngineError, OSError) as exc:
@@ -312,13 +339,20 @@ class Gateway:
     ) -> None:
         """After a streamed body: log how the module ended; cut the response if it failed."""
         result = job.result()
-        self.module_log.write(route, result.stderr)
+        self.ran(route, result)
         if result.succeeded:
             return
         self.log_ending(route, result, timeout)
         raise ResponseCut(f"[{route}] {result.ending.value} after {sent} body bytes were sent")
 
-    def run(self, module: Any, invocation: Invocation, client: Any, route: str) -> RunResult:
+    def ran(self, route: str, result: RunResult) -> None:
+        """A module run is over: the observer notes how it ended, its stderr goes to the log."""
+        self.observer.ran(result)
+        self.module_log.write(route, result.stderr)
+
+    def run(
+        self, module: Any, invocation: Invocation, client: Any, route: str, request_id: str = ""
+    ) -> RunResult:
         """Run ``module``, under the watchdog if the engine needs one.
 
         Raises :class:`~wagi.worker_health.Unfit` when this worker can no longer run
@@ -331,7 +365,7 @@ class Gateway:
         if watchdog is None or timeout is None or not isinstance(client, socket.socket):
             return self._run_engine(module, invocation)
         try:
-            watchdog.arm(client, timeout, route)
+            watchdog.arm(client, timeout, route, request_id)
         except WatchdogGone as exc:
             self.health.unfit(str(exc))
             raise Unfit(str(exc)) from None
@@ -470,7 +504,7 @@ class _StreamedResponse:
             if not first:  # the module ended after its header block, with no body
                 output.close()
                 result = output.job.result()
-                self.gateway.module_log.write(self.route, result.stderr)
+                self.gateway.ran(self.route, result)
                 finished = True
                 if not result.succeeded:
                     error = self.gateway.to_response(self.route, result, b"", self.timeout)
@@ -501,5 +535,5 @@ class _StreamedResponse:
                 output.abandon()
                 with contextlib.suppress(BaseException):
                     result = output.job.result()
-                    self.gateway.module_log.write(self.route, result.stderr)
+                    self.gateway.ran(self.route, result)
                     self.gateway.log_ending(self.route, result, self.timeout)

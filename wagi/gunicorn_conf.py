@@ -12,6 +12,12 @@ shared artifact cache and pulling modules from OCI registries;
 digests the check resolved OCI tags to reach the workers spawned next through
 ``WAGI_OCI_PINS`` in the master's environment, so they load exactly the bytes
 that were checked, and a refused reload leaves them as they were.
+
+With ``--log-format json`` (``WAGI_LOG_FORMAT=json``) gunicorn's own lines are
+JSON too (:class:`wagi.logformat.GunicornLogger`). With ``--metrics-bind``
+the master also keeps the metrics directory and the process serving
+``/metrics`` (:mod:`wagi.metrics`): ``on_starting`` starts them, ``pre_fork``
+and ``child_exit`` count workers, ``on_exit`` stops them.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wagi.metrics import MetricsServer
 
 bind = os.environ.get("WAGI_BIND", "127.0.0.1:3000")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
@@ -36,17 +45,52 @@ forwarded_allow_ips = "127.0.0.1,::1"
 accesslog = "-"
 errorlog = "-"
 loglevel = "info"
+# gunicorn's own logger, which writes JSON lines with --log-format json.
+logger_class = "wagi.logformat.GunicornLogger"
 # gunicorn 24+ opens a control socket in $HOME by default; several wagi servers on one
 # machine would fight over it.
 control_socket_disable = True
 
 
+_metrics_server: MetricsServer | None = None
+
+
 def on_starting(server: Any) -> None:
-    """Refuse to start on any configuration error."""
+    """Refuse to start on any configuration error; start serving metrics if asked to."""
     problem = check_configuration(server)
     if problem:
         server.log.error("wagi cannot start: %s", problem)
         sys.exit(1)
+    from wagi import settings as wagi_settings
+
+    bind = wagi_settings.load().metrics_bind
+    if bind:
+        from wagi.metrics import MetricsServer, MetricsUnavailable
+
+        global _metrics_server
+        try:
+            _metrics_server = MetricsServer(bind)
+        except MetricsUnavailable as exc:
+            server.log.error("wagi cannot start: %s", exc)
+            sys.exit(1)
+        server.log.info("wagi: metrics at http://%s/metrics", bind)
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    if _metrics_server is not None:
+        _metrics_server.worker_started()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    if _metrics_server is not None:
+        _metrics_server.worker_exited(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    global _metrics_server
+    if _metrics_server is not None:
+        _metrics_server.close()
+        _metrics_server = None
 
 
 def on_reload(server: Any) -> None:

@@ -1,7 +1,9 @@
 """Where a module's stderr goes: a file per route under the log dir, else the error log.
 
 Every line is tagged with the route, so a shared log still says which module
-wrote it.
+wrote it. With ``json`` (``--log-format json``) each line is a JSON object whose
+``message`` is the module's line, with the request's fields
+(:mod:`wagi.logformat`), in the files too.
 
 Logging never fails a request: a log dir removed while serving (a cleanup, a
 rotation) is made again; one that cannot be written (disk full, replaced by a
@@ -20,12 +22,17 @@ logger = logging.getLogger("wagi.module")
 
 
 class ModuleLog:
-    def __init__(self, log_dir: Path | None) -> None:
+    def __init__(self, log_dir: Path | None, *, json: bool = False) -> None:
         self.log_dir = log_dir
         self.failing = False
         """Whether the last write to the log dir failed (its lines went to the error log)."""
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
+        self.formatter: logging.Formatter | None = None
+        if json:
+            from wagi.logformat import JsonFormatter
+
+            self.formatter = JsonFormatter()
 
     def file_for(self, route: str) -> Path:
         assert self.log_dir is not None
@@ -40,14 +47,11 @@ class ModuleLog:
             return
         lines = stderr.decode("utf-8", "replace").splitlines()
         if self.log_dir is None:
-            for line in lines:
-                logger.info("[%s] %s", route, line)
+            self._to_error_log(route, lines)
             return
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        text = "".join(f"{stamp} [{route}] {line}\n" for line in lines)
         path = self.file_for(route)
         try:
-            self._append(path, text)
+            self._append(path, self._file_text(route, lines))
         except OSError as exc:
             if not self.failing:
                 self.failing = True
@@ -57,12 +61,30 @@ class ModuleLog:
                     path,
                     exc.strerror or exc,
                 )
-            for line in lines:
-                logger.info("[%s] %s", route, line)
+            self._to_error_log(route, lines)
             return
         if self.failing:
             self.failing = False
             logger.warning("module stderr goes to %s again", self.log_dir)
+
+    def _to_error_log(self, route: str, lines: list[str]) -> None:
+        for line in lines:
+            if self.formatter is not None:
+                logger.info("%s", line, extra={"route": route})
+            else:
+                logger.info("[%s] %s", route, line)
+
+    def _file_text(self, route: str, lines: list[str]) -> str:
+        if self.formatter is None:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            return "".join(f"{stamp} [{route}] {line}\n" for line in lines)
+        records = (
+            logger.makeRecord(
+                logger.name, logging.INFO, "", 0, line, (), None, extra={"route": route}
+            )
+            for line in lines
+        )
+        return "".join(self.formatter.format(record) + "\n" for record in records)
 
     def _append(self, path: Path, text: str) -> None:
         try:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 ENGINE_CHOICES = ("auto", "wasmer", "wasmtime")
+LOG_FORMATS = ("text", "json")
 
 _UNITS = {
     "": 1,
@@ -117,6 +118,29 @@ def _parse_plain_http(value: str) -> str:
                 f"got {item!r}"
             )
     return ",".join(items)
+
+
+def _parse_log_format(value: str) -> str:
+    if value not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}, got {value!r}")
+    return value
+
+
+def bind_address(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:9100"`` -> ``("127.0.0.1", 9100)``; ``"[::1]:9100"`` -> ``("::1", 9100)``."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, such as 127.0.0.1:9100, got {value!r}")
+    return host, int(port)
+
+
+def _parse_optional_bind(value: str) -> str | None:
+    if not value:
+        return None
+    bind_address(value)
+    return value
 
 
 def _default_cache_dir() -> Path:
@@ -288,6 +312,25 @@ SETTINGS: Sequence[Setting] = (
         _parse_plain_http,
         metavar="REGISTRIES",
     ),
+    Setting(
+        "log_format",
+        "--log-format",
+        "How log lines are written: text, or json (one object per line, for log shippers: "
+        "gunicorn's access and error logs, wagi's events and module stderr, with route, "
+        "request id, engine, duration and ending).",
+        "text",
+        _parse_log_format,
+        metavar="|".join(LOG_FORMATS),
+    ),
+    Setting(
+        "metrics_bind",
+        "--metrics-bind",
+        "Serve Prometheus metrics at http://HOST:PORT/metrics, a port of their own (never "
+        "through the module routes); unset serves none.",
+        None,
+        _parse_optional_bind,
+        metavar="HOST:PORT",
+    ),
 )
 
 
@@ -314,6 +357,8 @@ class ServerSettings:
     trusted_proxy_hops: int
     oci_ca_file: Path | None
     oci_plain_http: str
+    log_format: str
+    metrics_bind: str | None
 
 
 assert [s.name for s in SETTINGS] == [f.name for f in fields(ServerSettings)]

@@ -18,6 +18,10 @@ the connection end with no response (behind nginx, nginx answers 502).
 If the watchdog itself dies (an OOM kill), :meth:`Watchdog.problem` says so and
 :meth:`Watchdog.arm` raises :class:`WatchdogGone`: the worker can no longer
 bound a module's time and must be replaced (:mod:`wagi.worker_health`).
+
+The worker never answers or logs that request, so the watchdog does: its log
+line (a JSON object with ``--log-format json``) and, with ``--metrics-bind``,
+the request's metrics (a 504, ending ``timed_out``).
 """
 
 from __future__ import annotations
@@ -38,12 +42,20 @@ class WatchdogGone(Exception):
 class Watchdog:
     """The worker's side: :meth:`arm` before a run, :meth:`disarm` after it."""
 
-    def __init__(self, timeout_answer: bytes) -> None:
-        """``timeout_answer``: the whole HTTP response to send a client past its deadline."""
+    def __init__(self, timeout_answer: bytes, engine: str = "wasmer") -> None:
+        """``timeout_answer``: the whole HTTP response to send a client past its deadline;
+        ``engine``: the worker's engine, named in the watchdog's log line."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = ours
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "wagi.watchdog", str(theirs.fileno()), str(os.getpid())],
+            [
+                sys.executable,
+                "-m",
+                "wagi.watchdog",
+                str(theirs.fileno()),
+                str(os.getpid()),
+                engine,
+            ],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             close_fds=True,
@@ -64,13 +76,13 @@ class Watchdog:
             self._process.wait(timeout=1)  # it closed its end: it is exiting or gone
         return WatchdogGone(self.problem() or "its timeout watchdog stopped answering")
 
-    def arm(self, client: socket.socket, seconds: float, route: str) -> None:
+    def arm(self, client: socket.socket, seconds: float, route: str, request_id: str = "") -> None:
         """Answer 504 on ``client`` and end this worker unless disarmed within ``seconds``.
 
         Raises :class:`WatchdogGone` if the watchdog is no longer there to do it.
         """
         mode = "close" if isinstance(client, ssl.SSLSocket) else "answer"
-        message = f"arm {seconds} {mode} {route}".encode()
+        message = f"arm {seconds} {mode} {request_id or '-'} {route}".encode()
         try:
             socket.send_fds(self._sock, [message], [client.fileno()])
         except OSError:
@@ -97,7 +109,7 @@ class Watchdog:
             self._process.kill()
 
 
-def _serve(channel: socket.socket, worker_pid: int) -> None:
+def _serve(channel: socket.socket, worker_pid: int, engine: str) -> None:
     """The watchdog process: wait for arm/disarm messages until the worker goes away."""
     answer = b""
     while True:
@@ -110,7 +122,7 @@ def _serve(channel: socket.socket, worker_pid: int) -> None:
         if not msg.startswith(b"arm ") or not fds:
             continue
         client = socket.socket(fileno=fds[0])
-        _, seconds, mode, route = msg.decode().split(" ", 3)
+        _, seconds, mode, request_id, route = msg.decode().split(" ", 4)
         channel.settimeout(float(seconds))
         try:
             reply = channel.recv(64)
@@ -118,24 +130,56 @@ def _serve(channel: socket.socket, worker_pid: int) -> None:
             reply = None
         channel.settimeout(None)
         if reply is None:
-            _end_connection(client, answer if mode == "answer" else b"")
+            reply = answer if mode == "answer" else b""
+            if reply and request_id != "-":  # the worker echoes its request id; so does this
+                head, _, body = reply.partition(b"\r\n\r\n")
+                reply = head + f"\r\nX-Request-Id: {request_id}\r\n\r\n".encode() + body
+            _end_connection(client, reply)
             os.kill(worker_pid, signal.SIGKILL)
             told = (
                 "answered 504"
                 if mode == "answer"
                 else "closed the TLS connection without an answer (it cannot speak TLS)"
             )
-            print(
-                f"wagi watchdog: [{route}] timed out after {seconds}s and the engine cannot "
-                f"interrupt it: {told} and ended worker {worker_pid}; gunicorn starts a new one",
-                file=sys.stderr,
-                flush=True,
-            )
+            _report(route, float(seconds), request_id, worker_pid, engine, told)
             return
         client.close()
         if not reply:
             return
         channel.send(b"ok")
+
+
+def _report(
+    route: str, seconds: float, request_id: str, worker_pid: int, engine: str, told: str
+) -> None:
+    """The log line and metrics of a request the worker will never finish."""
+    message = (
+        f"wagi watchdog: [{route}] timed out after {seconds:g}s and the engine cannot "
+        f"interrupt it: {told} and ended worker {worker_pid}; gunicorn starts a new one"
+    )
+    if os.environ.get("WAGI_LOG_FORMAT") == "json":
+        import logging
+
+        from wagi.logformat import JsonFormatter
+
+        fields = {
+            "request_id": None if request_id == "-" else request_id,
+            "engine": engine,
+            "route": route,
+            "status": 504,
+            "duration_ms": seconds * 1000,
+            "run_ms": seconds * 1000,
+            "ending": "timed_out",
+        }
+        record = logging.LogRecord("wagi", logging.ERROR, "", 0, message, (), None)
+        record.__dict__.update(fields)
+        message = JsonFormatter().format(record)
+    print(message, file=sys.stderr, flush=True)
+    if os.environ.get("WAGI_METRICS_BIND") and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from wagi.engines.base import Ending
+        from wagi.metrics import Metrics
+
+        Metrics().request_ended(route, 504, seconds, Ending.TIMED_OUT, seconds)
 
 
 def _end_connection(client: socket.socket, answer: bytes) -> None:
@@ -153,7 +197,7 @@ def main(argv: list[str]) -> None:
     channel = socket.socket(fileno=int(argv[0]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the arbiter, not here
     with contextlib.suppress(OSError, KeyboardInterrupt):
-        _serve(channel, int(argv[1]))
+        _serve(channel, int(argv[1]), argv[2])
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 from wagi.engines.base import Engine
@@ -59,7 +60,12 @@ def engine_class(name: str) -> type[Engine]:
     return cls
 
 
-def create_engine(name: str, cache_dir: Path | None) -> Engine:
-    """Instantiate engine ``name`` (in a worker or helper process, never in the master)."""
+def create_engine(
+    name: str, cache_dir: Path | None, on_lookup: Callable[[str, bool], None] | None = None
+) -> Engine:
+    """Instantiate engine ``name`` (in a worker or helper process, never in the master).
+
+    ``on_lookup`` is told of each artifact-cache lookup (see :class:`ArtifactCache`).
+    """
     cls = engine_class(name)
-    return cls(cache=ArtifactCache(cache_dir))  # type: ignore[call-arg]
+    return cls(cache=ArtifactCache(cache_dir, on_lookup))  # type: ignore[call-arg]

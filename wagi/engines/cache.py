@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger("wagi.cache")
@@ -34,11 +35,18 @@ def content_hash(data: bytes) -> str:
 
 
 class ArtifactCache:
-    """Compiled artifacts under ``directory``; ``None`` disables caching."""
+    """Compiled artifacts under ``directory``; ``None`` disables caching.
 
-    def __init__(self, directory: Path | None) -> None:
+    ``on_lookup(engine, hit)`` is told the outcome of every :meth:`get` (for metrics):
+    a miss means the engine compiles.
+    """
+
+    def __init__(
+        self, directory: Path | None, on_lookup: Callable[[str, bool], None] | None = None
+    ) -> None:
         self.directory = directory
         self._write_failed = False
+        self.on_lookup = on_lookup
 
     def _path(self, engine: str, version: str, digest: str) -> Path:
         assert self.directory is not None
@@ -46,6 +54,12 @@ class ArtifactCache:
 
     def get(self, engine: str, version: str, digest: str) -> bytes | None:
         """The stored payload, or ``None`` if absent or damaged (a damaged entry is removed)."""
+        payload = self._read(engine, version, digest)
+        if self.on_lookup is not None:
+            self.on_lookup(engine, payload is not None)
+        return payload
+
+    def _read(self, engine: str, version: str, digest: str) -> bytes | None:
         if self.directory is None:
             return None
         try:
