@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wagi.routing import Route, RoutingTable, join_subroute
 
@@ -79,3 +81,34 @@ def test_subroute_join(parent: str, pattern: str, joined: str) -> None:
 def test_routes_listing_is_in_lookup_order() -> None:
     t = table("/...", "/a/...", "/a")
     assert [r.pattern for r in t.routes()] == ["/a", "/a/...", "/..."]
+
+
+def _linear_match(table: RoutingTable[int], path: str) -> Route[int] | None:
+    """The old lookup: every prefix route in specificity order (the reference)."""
+    route = table.exact.get(path)
+    if route is None:
+        route = next((r for r in table.prefixes if r.matches(path)), None)
+    return route
+
+
+_segments = st.lists(st.sampled_from(["a", "b", "ab", "", "x%2F"]), max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(_segments, st.booleans()), min_size=1, max_size=8),
+    st.lists(_segments, min_size=1, max_size=10),
+)
+def test_lookup_by_ancestors_finds_what_a_scan_of_every_route_finds(
+    patterns: list[tuple[list[str], bool]], paths: list[list[str]]
+) -> None:
+    routes = []
+    for index, (segments, prefix) in enumerate(patterns):
+        base = "/" + "/".join(segments)
+        pattern = (base.rstrip("/") if base != "/" else "") + "/..." if prefix else base
+        routes.append(Route(pattern, index, (index, 0)))
+    table = RoutingTable(routes)
+    for segments in paths:
+        path = "/" + "/".join(segments)
+        match = table.match(path)
+        assert (match.route if match else None) is _linear_match(table, path)

@@ -90,14 +90,22 @@ class Match(Generic[H]):
 
 
 class RoutingTable(Generic[H]):
-    """Every route of the server, ordered for lookup by specificity."""
+    """Every route of the server, ordered for lookup by specificity.
+
+    A lookup costs the depth of the path, not the number of routes: exact routes are
+    one dict lookup, and prefix routes are found by their base, trying the path's
+    own ancestors (``/a/b/c``, ``/a/b``, ``/a``, then ``/...``) longest first.
+    """
 
     def __init__(self, routes: Iterable[Route[H]]) -> None:
         self.exact: dict[str, Route[H]] = {}
+        self.by_base: dict[str, Route[H]] = {}
         prefixes: list[Route[H]] = []
         for route in sorted(routes, key=lambda r: r.order):
             if route.is_prefix:
                 prefixes.append(route)
+                # Equal bases: the one declared first wins.
+                self.by_base.setdefault(route.base, route)
             else:
                 # Equal exact patterns: the one declared first wins.
                 self.exact.setdefault(route.pattern, route)
@@ -111,8 +119,22 @@ class RoutingTable(Generic[H]):
     def match(self, raw_path: str) -> Match[H] | None:
         route = self.exact.get(raw_path)
         if route is None:
-            route = next((r for r in self.prefixes if r.matches(raw_path)), None)
+            route = self._prefix_for(raw_path)
             if route is None:
                 return None
         script_name, path_info = route.split(raw_path)
         return Match(route, script_name, path_info)
+
+    def _prefix_for(self, raw_path: str) -> Route[H] | None:
+        """The prefix route with the longest base that is ``raw_path`` or an ancestor of it."""
+        by_base = self.by_base
+        if not by_base:
+            return None
+        route = by_base.get(raw_path)
+        end = len(raw_path)
+        while route is None:
+            end = raw_path.rfind("/", 0, end)
+            if end < 0:
+                return None
+            route = by_base.get(raw_path[:end])  # "" at the root: the "/..." route
+        return route
