@@ -413,7 +413,7 @@ def test_a_rolling_reload_under_load_costs_no_request(engine: str, tmp_path: Pat
         assert [line for line in fleet.nginx_errors() if "upstream" in line] == []
 
 
-def test_a_version_that_does_not_check_stops_the_roll_where_it_is(tmp_path: Path) -> None:
+def test_roll_stops_where_a_version_does_not_check(tmp_path: Path) -> None:
     fleet = start_fleet(tmp_path / "fleet", "wasmtime", 2)
     try:
         first, second = fleet.instances
@@ -451,11 +451,33 @@ def test_a_version_that_does_not_check_stops_the_roll_where_it_is(tmp_path: Path
             f"roll.py: on the new version: none; not touched: {second.address}\n"
         )
         assert "wagi: reload refused" in first.server.log()
+        assert "Handling signal: hup" in first.server.log()
         assert "Handling signal: hup" not in second.server.log()
         assert [instance.config.read_text() for instance in fleet.instances] == before
         assert [descendants(i.server.process.pid) for i in fleet.instances] == workers
         for instance in fleet.instances:
             assert http_request(instance.address, "/version") == (200, V1)
+
+        # Without --config, only reloads: modules.toml was changed by other means.
+        for instance in fleet.instances:
+            instance.config.write_text(fleet.config_text(2))
+        result = subprocess.run(
+            [
+                *(sys.executable, str(ROLL), "--path", "/version", "--expect", "version 2"),
+                *first.spec(),
+                *second.spec(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert (result.returncode, result.stderr) == (0, "")
+        assert [line.split(":")[0] for line in result.stdout.splitlines()] == [
+            "[1/2] 127.0.0.1",
+            "[2/2] unix",
+        ]
+        for instance in fleet.instances:
+            assert http_request(instance.address, "/version") == (200, V2)
     finally:
         fleet.stop()
 

@@ -352,6 +352,8 @@ def test_the_deployment_s_pod_serves_its_probes_within_its_memory(
     )
     command = [str(image.path("/opt/wagi/bin/wagi")), *image.entrypoint[1:], *args]
     assert "command" not in wagi  # the image's entrypoint runs, with the Deployment's args
+    # which replace the image's CMD: they must say again where to listen.
+    assert wagi["args"][: len(image.cmd)] == image.cmd
     # The start-up check, on its own with a cold cache: its peak memory.
     check_peak = peak_rss_mib(
         [str(image.path("/opt/wagi/bin/wagi")), "check", "--quiet"], env, tmp_path
