@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from .conftest import PROBE, ROOT, Server, env_lines, free_port, start_gunicorn
-from .test_nginx import nginx_in_front
+from .nginx import main_config, start_nginx
 from .wat import WatModule
 
 SITE = ROOT / "deploy" / "fleet" / "wagi-fleet.conf"
@@ -248,18 +248,17 @@ def fleet_behind_nginx(
     keepalive: bool = False,
 ) -> Iterator[Fleet]:
     fleet = start_fleet(tmp / "fleet", engine, count, unix_last=unix_last, extra=extra)
-    addresses = [instance.address for instance in fleet.instances]
-    fleet.nginx_dir = tmp / "nginx"
-    fleet.nginx_dir.mkdir()
     try:
-        with nginx_in_front(
-            fleet.nginx_dir,
-            None,
-            fleet.instances[0].server,
-            site=lambda port: render_site(port, addresses, keepalive=keepalive),
-        ) as url:
-            fleet.nginx_url = url
+        addresses = [instance.address for instance in fleet.instances]
+        port = free_port()
+        conf = main_config(tmp / "nginx", render_site(port, addresses, keepalive=keepalive))
+        fleet.nginx_dir = conf.parent
+        fleet.nginx_url = f"http://127.0.0.1:{port}"
+        nginx = start_nginx(conf, fleet.nginx_url + "/healthz")
+        try:
             yield fleet
+        finally:
+            nginx.stop()
     finally:
         fleet.stop()
 
@@ -592,22 +591,19 @@ def test_upstream_keepalive_would_not_keep_a_connection_to_wagi(tmp_path: Path) 
         thread.start()
         try:
             address = f"127.0.0.1:{echo.server_address[1]}"
-            control = tmp_path / "control"
-            control.mkdir()
-            with nginx_in_front(
-                control,
-                None,
-                fleet.instances[0].server,
-                site=lambda port: render_site(port, [address], keepalive=True),
-            ) as url:
-                host, port = url.removeprefix("http://").split(":")
+            port = free_port()
+            conf = main_config(tmp_path / "control", render_site(port, [address], keepalive=True))
+            nginx = start_nginx(conf, f"http://127.0.0.1:{port}/healthz")
+            try:
                 seen = set()
                 for _ in range(12):
-                    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
                     conn.request("GET", "/")
                     seen.add(conn.getresponse().read())
                     conn.close()
                 assert len(seen) == 1
+            finally:
+                nginx.stop()
         finally:
             echo.shutdown()
             thread.join()

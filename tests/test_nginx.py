@@ -9,7 +9,7 @@ import signal
 import subprocess
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,15 +29,11 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 @contextlib.contextmanager
-def nginx_in_front(
-    tmp: Path, sock: Path | None, server: Server, *, site: Callable[[int], str] | None = None
-) -> Iterator[str]:
+def nginx_in_front(tmp: Path, sock: Path, server: Server) -> Iterator[str]:
     """A real nginx on a free loopback port proxying to ``server`` on unix socket ``sock``.
 
     Yields nginx's URL once ``/healthz`` answers through it; stops nginx afterwards (the
-    caller stops ``server``). Its logs are under ``tmp/logs``. ``site``, given nginx's port,
-    returns the ``upstream`` and ``server`` blocks to use instead (``sock`` is then unused):
-    tests/test_fleet.py proxies to several servers that way.
+    caller stops ``server``). Its logs are under ``tmp/logs``.
     """
     if not Path(NGINX).exists():
         server.stop()
@@ -62,9 +58,18 @@ def nginx_in_front(
             fastcgi_temp_path {tmp}/fastcgi;
             uwsgi_temp_path {tmp}/uwsgi;
             scgi_temp_path {tmp}/scgi;
-        """)
-        + textwrap.indent(site(port) if site else single_socket_site(sock, port), "    ")
-        + "\n}\n"
+            upstream wagi {{ server unix:{sock}; }}
+            server {{
+                listen 127.0.0.1:{port};
+                location / {{
+                    proxy_pass http://wagi;
+                    proxy_set_header Host $http_host;
+                    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+                    proxy_set_header X-Forwarded-Proto https;
+                }}
+            }}
+        }}
+    """)
     )
     nginx = subprocess.Popen(
         [NGINX, "-c", str(conf), "-p", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -90,21 +95,6 @@ def nginx_in_front(
     finally:
         nginx.send_signal(signal.SIGQUIT)
         nginx.wait(timeout=10)
-
-
-def single_socket_site(sock: Path | None, port: int) -> str:
-    return textwrap.dedent(f"""
-        upstream wagi {{ server unix:{sock}; }}
-        server {{
-            listen 127.0.0.1:{port};
-            location / {{
-                proxy_pass http://wagi;
-                proxy_set_header Host $http_host;
-                proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-                proxy_set_header X-Forwarded-Proto https;
-            }}
-        }}
-    """)
 
 
 @pytest.fixture(scope="module", params=ENGINES)
