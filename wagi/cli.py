@@ -17,7 +17,7 @@ from pathlib import Path
 
 from werkzeug.test import EnvironBuilder
 
-from wagi import __version__
+from wagi import __version__, confined, landlock
 from wagi import settings as wagi_settings
 from wagi.config import (
     Config,
@@ -27,6 +27,7 @@ from wagi.config import (
     load_config,
     parse_oci_reference,
 )
+from wagi.engines.base import Preopen
 from wagi.gateway import CgiHttpResponse, Gateway, ResponseCut
 from wagi.handlers import StartupError
 from wagi.policy import EngineChoice, EngineUnavailable, choose_engine, worker_problem
@@ -133,6 +134,18 @@ def check(args: argparse.Namespace) -> int:
         f"wagi {__version__}: {config.path}: {len(routes)} routes; engine {choice.name} "
         f"{gateway.engine.version} ({choice.reason}); {choice.describe_limits()}"
     )
+    if gateway.confined is not None:
+        # Always printed (it reaches the start-up log): where the kernel wall stands.
+        wall = landlock.availability()
+        for entry in config.modules:
+            if entry.volumes:
+                rules = confined.wall_rules(
+                    [Preopen(v.guest_path, v.host_path, v.read_only) for v in entry.volumes]
+                )
+                grants = landlock.describe(
+                    rules, deny_network=not entry.allowed_hosts, available=wall
+                )
+                print(f"  kernel wall for {entry.route}: {grants}")
     for reference, digest in sorted(pins.items()):
         # Always printed: the start-up log says which bytes each tag stood for.
         print(f"  oci://{reference} is {digest}")

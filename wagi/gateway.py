@@ -35,10 +35,11 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Request, Response
 
-from wagi import scratch
+from wagi import landlock, scratch
 from wagi.cgi_request import build_argv, cgi_variables, raw_path_and_query
 from wagi.cgi_response import BadCgiResponse, parse_cgi_response, parse_head, split_head
 from wagi.config import Config
+from wagi.confined import ConfinedRoutes
 from wagi.engines import create_engine
 from wagi.engines.base import Ending, Engine, EngineBroken, EngineError, Invocation, RunResult
 from wagi.handlers import Handler, StartupError, build_routing_table, invocation_for
@@ -111,6 +112,16 @@ def broken_engine(why: str) -> str:
     return f"its engine is broken ({why})" if why else ""
 
 
+def needs_the_wall(choice: EngineChoice, config: Config) -> bool:
+    """Whether routes with volumes must run on kernel-confined threads (wagi.confined):
+    the engine does not confine modules itself, and the kernel can."""
+    return (
+        not choice.capabilities.volumes
+        and any(entry.volumes for entry in config.modules)
+        and landlock.availability().ok
+    )
+
+
 def read_body(request: Request, limit: int) -> bytes:
     """The request body, at most ``limit`` bytes; larger bodies raise RequestEntityTooLarge."""
     request.max_content_length = limit
@@ -143,6 +154,8 @@ class Gateway:
         self.watchdog: Watchdog | None = None
         self.pools: dict[int, RunnerPool] = {}
         self.health = WorkerHealth(replace=False)
+        self.confined: ConfinedRoutes | None = None
+        """Where routes run whose volumes only the kernel wall confines (wagi.confined)."""
         self.wsgi_app: Any = self.app
         if settings.trusted_proxy_hops:
             hops = settings.trusted_proxy_hops
@@ -192,6 +205,8 @@ class Gateway:
         module_log = ModuleLog(settings.log_dir, json=settings.log_format == "json")
         gateway = cls(settings, engine, loader, table, module_log, observer)
         gateway.watchdog = watchdog
+        if needs_the_wall(choice, config):
+            gateway.confined = ConfinedRoutes(choice.name, settings.cache_dir)
         # A worker that can no longer run modules is replaced (wagi.worker_health).
         gateway.health = WorkerHealth(replace=serving)
         gateway.health.watch(lambda: broken_engine(engine.broken))
@@ -256,7 +271,7 @@ class Gateway:
         try:
             with scratch.provide(invocation, handler.scratch) as invocation:
                 run = self.observer.timed(self.run)
-                result = run(module, invocation, client, route, observation.request_id)
+                result = run(module, invocation, client, route, observation.request_id, handler)
         except Unfit:
             return error_response(503, UNFIT_MESSAGE)
         except (EngineError, OSError) as exc:
@@ -351,7 +366,13 @@ class Gateway:
         self.module_log.write(route, result.stderr)
 
     def run(
-        self, module: Any, invocation: Invocation, client: Any, route: str, request_id: str = ""
+        self,
+        module: Any,
+        invocation: Invocation,
+        client: Any,
+        route: str,
+        request_id: str = "",
+        handler: Handler | None = None,
     ) -> RunResult:
         """Run ``module``, under the watchdog if the engine needs one.
 
@@ -363,14 +384,14 @@ class Gateway:
         watchdog = self.watchdog
         timeout = invocation.limits.timeout
         if watchdog is None or timeout is None or not isinstance(client, socket.socket):
-            return self._run_engine(module, invocation)
+            return self._run_engine(module, invocation, handler)
         try:
             watchdog.arm(client, timeout, route, request_id)
         except WatchdogGone as exc:
             self.health.unfit(str(exc))
             raise Unfit(str(exc)) from None
         try:
-            result = self._run_engine(module, invocation)
+            result = self._run_engine(module, invocation, handler)
         finally:
             try:
                 watchdog.disarm()
@@ -378,8 +399,12 @@ class Gateway:
                 self.health.unfit(str(exc))
         return result
 
-    def _run_engine(self, module: Any, invocation: Invocation) -> RunResult:
+    def _run_engine(
+        self, module: Any, invocation: Invocation, handler: Handler | None = None
+    ) -> RunResult:
         try:
+            if self.confined is not None and handler is not None and handler.preopens:
+                return self.confined.run(handler, module, invocation)
             return self.engine.run(module, invocation)
         except EngineBroken as exc:
             self.health.unfit(broken_engine(str(exc)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wagi import landlock
 from wagi.config import Config
 from wagi.engines import engine_class, importable
 from wagi.engines.base import Capabilities
@@ -45,7 +46,11 @@ class EngineChoice:
         volumes = (
             ("read-write and read-only volumes" if caps.read_only_volumes else "read-write volumes")
             if caps.volumes
-            else "no volumes"
+            else (
+                "read-write volumes behind the kernel wall (the engine does not confine them)"
+                if landlock.availability().ok
+                else "no volumes"
+            )
         )
         return f"{timeout}; {memory}; {volumes}"
 
@@ -57,11 +62,20 @@ def refusals(name: str, config: Config, max_memory: int | None) -> list[str]:
     for entry in config.modules:
         where = f"{config.path}: {entry.label}"
         if entry.volumes and not caps.volumes:
-            problems.append(
-                f"{where}, key 'volumes': {name} does not confine a module to its volumes "
-                "(absolute paths and symlinks reach any host file), so wagi maps no volumes "
-                "with it; use the wasmtime engine"
-            )
+            wall = landlock.availability()
+            if not wall.ok:
+                problems.append(
+                    f"{where}, key 'volumes': {name} does not confine a module to its volumes "
+                    "(absolute paths and symlinks reach any host file) and the kernel wall is "
+                    f"not available ({wall.why}), so wagi maps no volumes with it; use the "
+                    "wasmtime engine"
+                )
+            elif any(v.read_only for v in entry.volumes):
+                problems.append(
+                    f"{where}, key 'volumes': {name} opens every file read-write, so behind "
+                    "the kernel wall a read-only volume could not even be read; use the "
+                    "wasmtime engine or make the volume read-write"
+                )
         elif any(v.read_only for v in entry.volumes) and not caps.read_only_volumes:
             problems.append(
                 f"{where}, key 'volumes': {name} cannot make a volume read-only; "
