@@ -252,3 +252,23 @@ def test_a_nul_in_the_path_is_a_400_and_runs_no_module(
     assert "PATH_INFO=/file.txt\n" in r.text
     assert "] module-ran" not in server.log()
     assert "ERROR" not in server.log()
+
+
+def test_a_large_upload_is_not_held_in_worker_memory(
+    server_factory: Callable[..., Server], engine: str
+) -> None:
+    """A body past 1 MiB goes to an unlinked temporary file, the module's stdin file."""
+    server = server_factory(
+        '[[module]]\nroute = "/probe/..."\nmodule = "{probe}"\n',
+        engine,
+        extra_env={"WAGI_MAX_BODY": str(300 << 20)},
+        workers=1,
+    )
+    body = b"0123456789" + b"x" * ((200 << 20) - 10)
+    r = server.post("/probe?hdr&read=10", body)
+    assert (r.status_code, r.content) == (200, b"0123456789")
+    peaks = [peak_rss_mib(pid) for pid in worker_pids(server)]
+    print(f"worker peak RSS after a 200 MiB upload: {max(peaks):.0f} MiB")
+    assert max(peaks) < 150, f"peak RSS {max(peaks):.0f} MiB: the body was held in memory"
+    r = server.post("/probe?hdr&cat", b"small body")  # small bodies still arrive as bytes
+    assert r.content == b"small body"

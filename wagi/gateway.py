@@ -27,9 +27,10 @@ import functools
 import logging
 import os
 import socket
+import tempfile
 from collections.abc import Iterable, Iterator
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -122,15 +123,67 @@ def needs_the_wall(choice: EngineChoice, config: Config) -> bool:
     )
 
 
-def read_body(request: Request, limit: int) -> bytes:
+SPOOL_ABOVE = 1024 * 1024
+"""Request bodies larger than this (or chunked ones that grow past it) go to an unlinked
+temporary file that the module gets as its stdin file: never held whole in memory."""
+
+
+class Body:
+    """A request body: small ones as bytes, large ones spooled to an unlinked file."""
+
+    def __init__(self, data: bytes, spool: IO[bytes] | None = None, length: int = 0) -> None:
+        self.data = data
+        self.spool = spool
+        self.length = length if spool is not None else len(data)
+
+    @property
+    def path(self) -> str | None:
+        """A path the engine can open, for a spooled body."""
+        return f"/proc/self/fd/{self.spool.fileno()}" if self.spool is not None else None
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+
+    def __enter__(self) -> Body:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_body(request: Request, limit: int) -> Body:
     """The request body, at most ``limit`` bytes; larger bodies raise RequestEntityTooLarge."""
     request.max_content_length = limit
-    body = request.get_data(cache=False)
+    declared = request.content_length
+    if declared is not None and declared <= SPOOL_ABOVE:
+        return Body(request.get_data(cache=False))
+    stream = request.stream
+    head = stream.read(SPOOL_ABOVE + 1)
+    if len(head) <= SPOOL_ABOVE and declared is None:
+        _refuse_a_longer_chunked_body(request, len(head), limit)
+        return Body(head)
+    # Unlinked, gone when closed; it outlives this function: the run reads it, then closes it.
+    spool = tempfile.TemporaryFile(prefix="wagi-body-")  # noqa: SIM115
+    try:
+        spool.write(head)
+        length = len(head)
+        while chunk := stream.read(256 * 1024):
+            spool.write(chunk)
+            length += len(chunk)
+        _refuse_a_longer_chunked_body(request, length, limit)
+        spool.flush()
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return Body(b"", spool, length)
+
+
+def _refuse_a_longer_chunked_body(request: Request, length: int, limit: int) -> None:
     # werkzeug stops a chunked body quietly at the limit; see if there was more.
-    chunked = request.content_length is None
-    if chunked and len(body) == limit and request.environ["wsgi.input"].read(1):
+    if request.content_length is None and length == limit and request.environ["wsgi.input"].read(1):
         raise RequestEntityTooLarge()
-    return body
 
 
 class Gateway:
@@ -254,7 +307,7 @@ class Gateway:
             script_name=match.script_name,
             raw_path_info=match.raw_path_info,
             matched_route=route,
-            body_length=len(body),
+            body_length=body.length,
             default_host=self.settings.default_host,
             request_id=observation.request_id,
         )
@@ -264,12 +317,12 @@ class Gateway:
         except (EngineError, OSError) as exc:
             logger.error("[%s] cannot load %s: %s", route, handler.entry.module, exc)
             return error_response(500, "the module could not be loaded")
-        invocation = invocation_for(handler, argv, cgi_env, body)
+        invocation = invocation_for(handler, argv, cgi_env, body.data, body.path)
         if self.engine.capabilities.streaming:
-            return self.stream(request, handler, module, invocation, route)
+            return self.stream(request, handler, module, invocation, route, body)
         client = request.environ.get("gunicorn.socket")
         try:
-            with scratch.provide(invocation, handler.scratch) as invocation:
+            with scratch.provide(invocation, handler.scratch) as invocation, body:
                 run = self.observer.timed(self.run)
                 result = run(module, invocation, client, route, observation.request_id, handler)
         except Unfit:
@@ -291,7 +344,13 @@ class Gateway:
         return pool
 
     def stream(
-        self, request: Request, handler: Handler, module: Any, invocation: Invocation, route: str
+        self,
+        request: Request,
+        handler: Handler,
+        module: Any,
+        invocation: Invocation,
+        route: str,
+        body: Body,
     ) -> WsgiResponse:
         """Run on a runner thread; send the body as the module writes it."""
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
@@ -302,6 +361,7 @@ class Gateway:
                 module,
                 dataclasses.replace(invocation, stdout_fd=write_fd, stream_after=STREAM_AFTER),
                 handler,
+                body,
             )
             job = self.pool_for(handler).submit(run, close_fd=write_fd)
         except BaseException:
@@ -344,9 +404,12 @@ class Gateway:
             timeout,
         )
 
-    def run_with_scratch(self, module: Any, invocation: Invocation, handler: Handler) -> RunResult:
-        """On a runner thread: the run, with the route's scratch directory for its lifetime."""
-        with scratch.provide(invocation, handler.scratch) as provided:
+    def run_with_scratch(
+        self, module: Any, invocation: Invocation, handler: Handler, body: Body
+    ) -> RunResult:
+        """On a runner thread: the run, with the route's scratch directory (and a spooled
+        request body) for its lifetime."""
+        with scratch.provide(invocation, handler.scratch) as provided, body:
             return self.engine.run(module, provided)
 
     def finish_stream(

@@ -166,13 +166,18 @@ def build_routing_table(
 
 
 def invocation_for(
-    handler: Handler, argv: list[str], cgi_env: Mapping[str, str], stdin: bytes
+    handler: Handler,
+    argv: list[str],
+    cgi_env: Mapping[str, str],
+    stdin: bytes,
+    stdin_file: str | None = None,
 ) -> Invocation:
     return Invocation(
         entrypoint=handler.entrypoint,
         argv=argv,
         env={**handler.environment, **cgi_env},
         stdin=stdin,
+        stdin_file=stdin_file,
         preopens=handler.preopens,
         limits=handler.limits,
         outbound=handler.outbound,

@@ -73,6 +73,9 @@ class Invocation:
     argv: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     stdin: bytes = b""
+    stdin_file: str | None = None
+    """A file whose contents are stdin instead of ``stdin`` (a large body spooled to disk,
+    so it is never held whole in memory); a path the engine may open."""
     preopens: Sequence[Preopen] = ()
     limits: Limits = Limits()
     stdout_fd: int | None = None

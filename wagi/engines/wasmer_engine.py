@@ -463,12 +463,17 @@ class WasmerEngine(Engine):
 
         outcome: tuple[Ending, int, str] | None = None
         link_error = ""
-        stdin_fd = _memfd("stdin", None)
+        stdin_fd = (
+            _memfd("stdin", None)
+            if invocation.stdin_file is None
+            else os.open(invocation.stdin_file, os.O_RDONLY | os.O_CLOEXEC)
+        )
         stdout_fd = _memfd("stdout", limits.max_output)
         stderr_fd = _memfd("stderr", STDERR_LIMIT)
         try:
-            _write_all(stdin_fd, invocation.stdin)
-            os.lseek(stdin_fd, 0, os.SEEK_SET)
+            if invocation.stdin_file is None:
+                _write_all(stdin_fd, invocation.stdin)
+                os.lseek(stdin_fd, 0, os.SEEK_SET)
             started = time.monotonic()
             with self._stdio(stdin_fd, stdout_fd, stderr_fd):
                 instance = None

@@ -66,6 +66,7 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "wasi_config_set_argv": (c_bool, [c_void_p, c_size_t, c_void_p]),
     "wasi_config_set_env": (c_bool, [c_void_p, c_size_t, c_void_p, c_void_p]),
     "wasi_config_set_stdin_bytes": (None, [c_void_p, c_void_p]),
+    "wasi_config_set_stdin_file": (c_bool, [c_void_p, c_char_p]),
     "wasi_config_preopen_dir": (c_bool, [c_void_p, c_char_p, c_char_p, c_bool]),
     "wasm_byte_vec_new": (None, [c_void_p, c_size_t, c_char_p]),
     "wasm_byte_vec_delete": (None, [c_void_p]),

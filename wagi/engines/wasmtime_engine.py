@@ -1056,7 +1056,11 @@ def _configure_wasi(ctx: int, path: Path, invocation: Invocation) -> None:
     lib.wasi_config_set_env(wasi, len(names), names_array, values_array)
     del argv_keep, names_keep, values_keep  # wasmtime copied them
     stdin = invocation.stdin
-    if stdin:
+    if invocation.stdin_file is not None:
+        if not lib.wasi_config_set_stdin_file(wasi, os.fsencode(invocation.stdin_file)):
+            _discard_wasi(wasi)
+            raise EngineError(f"{path}: cannot open the request body {invocation.stdin_file}")
+    elif stdin:
         vec = capi.ByteVec()
         lib.wasm_byte_vec_new(byref(vec), len(stdin), stdin)  # wasmtime's own copy
         lib.wasi_config_set_stdin_bytes(wasi, byref(vec))  # takes the vector's contents
