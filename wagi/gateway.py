@@ -42,7 +42,15 @@ from wagi.cgi_response import BadCgiResponse, parse_cgi_response, parse_head, sp
 from wagi.config import Config
 from wagi.confined import ConfinedRoutes
 from wagi.engines import create_engine
-from wagi.engines.base import Ending, Engine, EngineBroken, EngineError, Invocation, RunResult
+from wagi.engines.base import (
+    Ending,
+    Engine,
+    EngineBroken,
+    EngineError,
+    Invocation,
+    LoadedModule,
+    RunResult,
+)
 from wagi.handlers import Handler, StartupError, build_routing_table, invocation_for
 from wagi.loader import ModuleLoader
 from wagi.module_log import ModuleLog
@@ -313,7 +321,7 @@ class Gateway:
         )
         argv = build_argv(handler.entry.argv, match.script_name, query)
         try:
-            module = self.loader.get(handler.entry.module)
+            module = self.loader.get(handler.entry.module, functools.partial(self.check, handler))
         except (EngineError, OSError) as exc:
             logger.error("[%s] cannot load %s: %s", route, handler.entry.module, exc)
             return error_response(500, "the module could not be loaded")
@@ -422,6 +430,15 @@ class Gateway:
             return
         self.log_ending(route, result, timeout)
         raise ResponseCut(f"[{route}] {result.ending.value} after {sent} body bytes were sent")
+
+    def check(self, handler: Handler, module: LoadedModule) -> None:
+        """What start-up checked, for a module file loaded again while serving."""
+        if handler.entrypoint not in module.exports:
+            raise EngineError(
+                f"{module.path}: the module exports no function {handler.entrypoint!r}; "
+                "it is not served until it does"
+            )
+        self.engine.prepare(module, handler.limits)
 
     def ran(self, route: str, result: RunResult) -> None:
         """A module run is over: the observer notes how it ended, its stderr goes to the log."""
