@@ -99,6 +99,16 @@ def on_reload(server: Any) -> None:
     gunicorn would start new workers that fail to boot and then stop the whole
     server; instead, the spawns of this one reload are skipped, so the workers
     built from the last good configuration go on serving.
+
+    Why this replaces the arbiter's ``spawn_worker`` for one reload, and no
+    supported hook does it (gunicorn 27.0.1, ``Arbiter.reload``): the reload
+    calls ``on_reload``, ignores its return value, then calls ``spawn_worker``
+    once per configured worker and retires the old workers. Raising from
+    ``on_reload`` escapes the arbiter's signal handling and stops the master;
+    ``pre_fork`` runs in the same loop but cannot cancel a fork; a new worker
+    that fails in ``post_worker_init`` makes gunicorn stop every worker
+    (``WorkerBootError`` -> ``HaltServer``). The only way to keep the old workers
+    is to not spawn new ones; ``test_reload.py`` and ``test_cli.py`` pin this.
     """
     problem = check_configuration(server)
     if not problem:
