@@ -17,6 +17,7 @@ plain noise to nearly-valid documents, and checks the contract:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import string
 from pathlib import Path
@@ -522,8 +523,7 @@ def test_cgi_variables_for_any_request(
         assert env["AUTH_TYPE"] == ""
     elif len(authorization) == 1:  # the scheme only, never the credentials
         scheme = authorization[0].split(" ", 1)[0]
-        try:  # like every value: the bytes as UTF-8 text where they are UTF-8
+        # like every value: the bytes as UTF-8 text where they are UTF-8
+        with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
             scheme = scheme.encode("latin-1").decode("utf-8")
-        except (UnicodeEncodeError, UnicodeDecodeError):
-            pass
         assert env["AUTH_TYPE"] == scheme
