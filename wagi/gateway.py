@@ -167,7 +167,9 @@ def read_body(request: Request, limit: int) -> Body:
     if declared is not None and declared <= SPOOL_ABOVE:
         return Body(request.get_data(cache=False))
     stream = request.stream
-    head = stream.read(SPOOL_ABOVE + 1)
+    # Never ask werkzeug's stream for more than the limit: past it, it answers 413 even when
+    # the body ends exactly there; _refuse_a_longer_chunked_body looks past it itself.
+    head = stream.read(min(SPOOL_ABOVE + 1, limit))
     if len(head) <= SPOOL_ABOVE and declared is None:
         _refuse_a_longer_chunked_body(request, len(head), limit)
         return Body(head)
@@ -176,7 +178,7 @@ def read_body(request: Request, limit: int) -> Body:
     try:
         spool.write(head)
         length = len(head)
-        while chunk := stream.read(256 * 1024):
+        while length < limit and (chunk := stream.read(min(256 * 1024, limit - length))):
             spool.write(chunk)
             length += len(chunk)
         _refuse_a_longer_chunked_body(request, length, limit)
