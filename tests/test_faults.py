@@ -116,7 +116,8 @@ def replace_workers(server: Server) -> set[int]:
     old = worker_pids(server)
     for pid in old:
         os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: len(worker_pids(server) - old) == len(old), "new workers")
+    # Generous: on a loaded CI machine a worker compiles its modules again before it is up.
+    wait_for(lambda: len(worker_pids(server) - old) == len(old), "new workers", seconds=180)
     return worker_pids(server)
 
 
