@@ -27,7 +27,6 @@ from wagi.config import (
     load_config,
     parse_oci_reference,
 )
-from wagi.engines.base import Preopen
 from wagi.gateway import CgiHttpResponse, Gateway, ResponseCut
 from wagi.handlers import StartupError
 from wagi.policy import EngineChoice, EngineUnavailable, choose_engine, worker_problem
@@ -137,15 +136,14 @@ def check(args: argparse.Namespace) -> int:
     if gateway.confined is not None:
         # Always printed (it reaches the start-up log): where the kernel wall stands.
         wall = landlock.availability()
-        for entry in config.modules:
-            if entry.volumes:
-                rules = confined.wall_rules(
-                    [Preopen(v.guest_path, v.host_path, v.read_only) for v in entry.volumes]
-                )
-                grants = landlock.describe(
-                    rules, deny_network=not entry.allowed_hosts, available=wall
-                )
-                print(f"  kernel wall for {entry.route}: {grants}")
+        # One line per [[module]] with volumes: its routes share the handler's preopens.
+        walled = {r.handler.entry.index: r.handler for r in routes if r.handler.preopens}
+        for handler in sorted(walled.values(), key=lambda h: h.entry.index):
+            rules = confined.wall_rules(handler.preopens)
+            grants = landlock.describe(
+                rules, deny_network=not handler.entry.allowed_hosts, available=wall
+            )
+            print(f"  kernel wall for {handler.entry.route}: {grants}")
     for reference, digest in sorted(pins.items()):
         # Always printed: the start-up log says which bytes each tag stood for.
         print(f"  oci://{reference} is {digest}")

@@ -22,7 +22,6 @@ id, route, how the module ended, when it is over); logs and metrics read it ther
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
@@ -327,9 +326,19 @@ class Gateway:
         except (EngineError, OSError) as exc:
             logger.error("[%s] cannot load %s: %s", route, handler.entry.module, exc)
             return error_response(500, "the module could not be loaded")
-        invocation = invocation_for(handler, argv, cgi_env, body.data, body.path)
         if self.engine.capabilities.streaming:
-            return self.stream(request, handler, module, invocation, route, body)
+            read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+            invocation = invocation_for(
+                handler,
+                argv,
+                cgi_env,
+                body.data,
+                body.path,
+                stdout_fd=write_fd,
+                stream_after=STREAM_AFTER,
+            )
+            return self.stream(handler, module, invocation, route, body, read_fd)
+        invocation = invocation_for(handler, argv, cgi_env, body.data, body.path)
         client = request.environ.get("gunicorn.socket")
         try:
             with scratch.provide(invocation, handler.scratch) as invocation, body:
@@ -355,23 +364,23 @@ class Gateway:
 
     def stream(
         self,
-        request: Request,
         handler: Handler,
         module: Any,
         invocation: Invocation,
         route: str,
         body: Body,
+        read_fd: int,
     ) -> WsgiResponse:
-        """Run on a runner thread; send the body as the module writes it."""
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        """Run on a runner thread; send the body as the module writes it.
+
+        ``invocation.stdout_fd`` is the write end of a pipe whose read end is ``read_fd``.
+        """
+        write_fd = invocation.stdout_fd
+        assert write_fd is not None
         try:
             os.set_blocking(write_fd, False)  # the engine waits for room up to the deadline
             run = functools.partial(
-                self.observer.timed(self.run_with_scratch),
-                module,
-                dataclasses.replace(invocation, stdout_fd=write_fd, stream_after=STREAM_AFTER),
-                handler,
-                body,
+                self.observer.timed(self.run_with_scratch), module, invocation, handler, body
             )
             job = self.pool_for(handler).submit(run, close_fd=write_fd)
         except BaseException:
@@ -386,8 +395,7 @@ class Gateway:
                 result = job.result()
                 self.ran(route, result)
                 return self.to_response(route, result, result.stdout + streamed, timeout)
-            stdout = streamed
-            parts = split_head(stdout)
+            parts = split_head(streamed)
             try:
                 if parts is None:
                     raise BadCgiResponse(f"no header block within the first {HEAD_LIMIT} bytes")

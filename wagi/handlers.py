@@ -171,6 +171,9 @@ def invocation_for(
     cgi_env: Mapping[str, str],
     stdin: bytes,
     stdin_file: str | None = None,
+    *,
+    stdout_fd: int | None = None,
+    stream_after: float = 0.0,
 ) -> Invocation:
     return Invocation(
         entrypoint=handler.entrypoint,
@@ -178,6 +181,8 @@ def invocation_for(
         env={**handler.environment, **cgi_env},
         stdin=stdin,
         stdin_file=stdin_file,
+        stdout_fd=stdout_fd,
+        stream_after=stream_after,
         preopens=handler.preopens,
         limits=handler.limits,
         outbound=handler.outbound,

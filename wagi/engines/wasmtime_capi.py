@@ -45,9 +45,7 @@ DeadlineCallback = ctypes.CFUNCTYPE(
 """Epoch-deadline callback: (context, env, *delta, *kind) -> error (0 to go on)."""
 UPDATE_DEADLINE_CONTINUE = 0
 
-EXTERN_FUNC = 0
 EXTERN_MEMORY = 3
-TRAP_CODE_INTERRUPT = int(_ffi.wasmtime_trap_code_enum.WASMTIME_TRAP_CODE_INTERRUPT.value)
 
 _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "wasmtime_store_new": (c_void_p, [c_void_p, c_void_p, FINALIZER]),
@@ -104,7 +102,6 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "wasmtime_memory_data": (c_void_p, [c_void_p, c_void_p]),
     "wasmtime_memory_data_size": (c_size_t, [c_void_p, c_void_p]),
     "wasmtime_trap_new": (c_void_p, [c_char_p, c_size_t]),
-    "wasmtime_trap_code": (c_bool, [c_void_p, POINTER(c_uint8)]),
     "wasm_trap_message": (None, [c_void_p, c_void_p]),
     "wasm_trap_delete": (None, [c_void_p]),
     "wasmtime_error_exit_status": (c_bool, [c_void_p, POINTER(c_int)]),

@@ -32,9 +32,10 @@ How the pieces fit, and why:
   instance* whose ``memory`` is the guest's. A tiny forwarding module is
   instantiated lazily in the run's store over the guest's memory.
 - Timeouts use epoch interruption: one ticker thread per engine advances the
-  epoch every ``tick`` seconds while a timed run is active; a run's deadline
-  is a number of ticks after its start. Sleeps (``poll_oneoff`` on clocks) are
-  shadowed so they stop at the deadline too.
+  epoch every ``tick`` seconds while a timed or streaming run is active, and
+  the store's epoch-deadline callback (:meth:`_Run.on_tick`) checks the run's
+  deadline and sends held output at every tick. Sleeps (``poll_oneoff`` on
+  clocks) are shadowed so they stop at the deadline too.
 
 Importing this module loads the wasmtime library but creates no engine, so it
 is safe in the gunicorn master. :class:`WasmtimeEngine` must be built in a
@@ -52,7 +53,7 @@ import threading
 import time
 from array import array
 from collections.abc import Iterable
-from ctypes import byref, c_int, c_uint8, c_void_p
+from ctypes import byref, c_int, c_void_p
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +93,8 @@ _WASI = b"wasi_snapshot_preview1"
 
 # WASI errno values (wasi_snapshot_preview1).
 _EDQUOT = 19
-_EBADF = 8
 _EFAULT = 21
-_EFBIG = 22
-_EINTR = 27
 _EINVAL = 28
-_EPIPE = 64
 
 _U32 = 0xFFFFFFFF
 
@@ -759,7 +756,6 @@ class WasmtimeEngine(Engine):
         self._engine = wasmtime.Engine(config)
         self._engine_ptr = ctypes.cast(self._engine.ptr(), c_void_p).value
         self._ticker = _EpochTicker(self._engine, tick)
-        self._tick = tick
         self._local = threading.local()
 
         self._linker = wasmtime.Linker(self._engine)
@@ -1028,11 +1024,8 @@ def _outcome(run: _Run, error: int | None, trap: int | None) -> tuple[Ending, in
         return None
     assert trap
     try:
-        if run.stopped is not None:
+        if run.stopped is not None:  # a host function or the deadline callback stopped it
             return run.stopped, 0, run.detail
-        kind = c_uint8()
-        if lib.wasmtime_trap_code(trap, byref(kind)) and kind.value == capi.TRAP_CODE_INTERRUPT:
-            return Ending.TIMED_OUT, 0, ""
         return Ending.TRAPPED, 0, _one_line(capi.take_message(lib.wasm_trap_message, trap))
     finally:
         lib.wasm_trap_delete(trap)
