@@ -204,6 +204,26 @@ def server_factory(
         server.stop()
 
 
+def split_response(raw: bytes) -> tuple[bytes, bytes]:
+    """An HTTP response read off a socket as ``(head, body)``, a chunked body decoded.
+
+    A module that runs past wagi's 5 ms hold streams its body (chunked), one that ends
+    sooner is sent whole: tests that read raw bytes must take either. A cut chunked body
+    (no final zero chunk) fails.
+    """
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if b"\r\ntransfer-encoding: chunked" not in head.lower():
+        return head, body
+    out = b""
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            assert body == b"\r\n", "the chunked body did not end cleanly"
+            return head, out
+        out, body = out + body[:size], body[size + 2 :]
+
+
 def env_lines(text: str) -> dict[str, str]:
     """``NAME=value`` lines (the probe's ``env`` output) as a dict."""
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)

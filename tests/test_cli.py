@@ -20,6 +20,7 @@ from .conftest import (
     ROOT,
     free_port,
     samples_without_volumes,
+    split_response,
     start_gunicorn,
     wait_until_healthy,
     write_config,
@@ -159,7 +160,7 @@ def test_run_gives_the_same_bytes_as_the_server(tmp_path: Path, engine: str) -> 
                 f"GET {path} HTTP/1.1\r\nHost: localhost:3000\r\nX-Request-Id: t-1\r\n"
                 "Connection: close\r\n\r\n".encode()
             )
-            head, _, body = raw.partition(b"\r\n\r\n")
+            head, body = split_response(raw)
             status = head.split(b"\r\n")[0]
             ran = wagi(
                 "run",

@@ -17,7 +17,7 @@ import pytest
 
 import wagi
 
-from .conftest import Server, env_lines
+from .conftest import Server, env_lines, split_response
 
 CONFIG = """
 [[module]]
@@ -88,7 +88,7 @@ def server(
 
 
 def head_and_body(raw: bytes) -> tuple[str, dict[str, list[str]], bytes]:
-    head, _, body = raw.partition(b"\r\n\r\n")
+    head, body = split_response(raw)
     lines = head.decode("latin-1").split("\r\n")
     headers: dict[str, list[str]] = {}
     for line in lines[1:]:

@@ -25,7 +25,7 @@ import requests
 from wagi.config import load_config
 from wagi.policy import refusals
 
-from .conftest import ENGINES, SAMPLES, Server, start_gunicorn, write_config
+from .conftest import ENGINES, SAMPLES, Server, split_response, start_gunicorn, write_config
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -88,7 +88,7 @@ def test_rust_stats_answers_json(samples: Server, query: str, status: int, body:
 def fetch(server: Server, request_line: str) -> tuple[int, str, bytes]:
     """Send ``request_line`` as it is; the status, Content-Type and body of the answer."""
     raw = server.raw(f"{request_line} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
-    head, _, body = raw.partition(b"\r\n\r\n")
+    head, body = split_response(raw)
     lines = head.decode().split("\r\n")
     headers = dict(line.split(": ", 1) for line in lines[1:])
     return int(lines[0].split()[1]), headers["Content-Type"], body
@@ -134,7 +134,7 @@ def test_assemblyscript_page_shows_the_request_escaped(samples: Server) -> None:
         b"X-Greeting: caf\xc3\xa9 & co\r\nContent-Type: text/plain; charset=utf-8\r\n"
         b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
     )
-    head, _, page = raw.partition(b"\r\n\r\n")
+    head, page = split_response(raw)
     assert head.split(b"\r\n")[0] == b"HTTP/1.1 200 OK"
     assert b"\r\nContent-Type: text/html; charset=utf-8\r\n" in head + b"\r\n"
     assert page.decode() == (
@@ -169,7 +169,7 @@ def test_assemblyscript_page_shows_the_request_escaped(samples: Server) -> None:
 
 def test_assemblyscript_page_without_query_or_body(samples: Server) -> None:
     raw = samples.raw(b"GET /request HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
-    assert raw.partition(b"\r\n\r\n")[2].decode() == (
+    assert split_response(raw)[1].decode() == (
         PAGE_HEAD + "<h1>GET /request</h1>\n"
         "<p>An AssemblyScript module made this page for this one request.</p>\n"
         "<h2>Request</h2>\n<table>\n"
