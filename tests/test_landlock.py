@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from wagi.config import load_config
+from wagi.engines import engine_class
 from wagi.engines.base import Preopen
 from wagi.landlock import (
     Availability,
@@ -30,6 +32,7 @@ from wagi.landlock import (
     describe,
     restrict_current_thread,
 )
+from wagi.wall import plan_walls
 
 from .conftest import ENGINES, MODULES, PROBE, ROOT
 
@@ -573,3 +576,53 @@ def test_wasmtime_file_io_runs_on_threads_its_first_callers_created(
         ],
     ) == [["hello from the volume\n"], ["OK\n"]]
     assert (data / "hello.txt").read_text() == "written"
+
+
+@pytest.mark.skipif("wasmtime" not in ENGINES, reason="wasmtime does not import")
+def test_the_worker_wall_alone_holds_wasmtime_given_the_whole_host(
+    layout: dict[str, Path],
+) -> None:
+    """The wall wagi plans for a wasmtime worker (wagi.wall), under a module that its engine
+    lets reach the whole host: a deliberately unconfined preopen of ``/``."""
+    root, data, ro, other, outside = (layout[k] for k in ("root", "data", "ro", "other", "outside"))
+    config_path = root / "modules.toml"
+    config_path.write_text(
+        f'[[module]]\nroute = "/p"\nmodule = "{PROBE}"\n'
+        f'volumes = {{ "/data" = "{data}", "/ro" = {{ path = "{ro}", read_only = true }} }}\n'
+    )
+    cache, transient = root / "cache", root / "transient"
+    cache.mkdir()
+    transient.mkdir()
+    plan = plan_walls(
+        engine_class("wasmtime").capabilities, load_config(config_path), "auto", cache, transient
+    )
+    assert plan.worker is not None and not plan.routes
+    jobs = [
+        (0, ["/p", f"readfile=/host{data}/hello.txt"]),
+        (0, ["/p", f"writefile=/host{transient}/body:spooled", f"readfile=/host{transient}/body"]),
+        (0, ["/p", f"readfile=/host{ro}/fixed.txt"]),
+        (0, ["/p", f"writefile=/host{ro}/fixed.txt:changed"]),
+        (0, ["/p", f"readfile=/host{outside}/secret.txt"]),
+        (0, ["/p", f"readfile=/host{other}/theirs.txt"]),
+        (0, ["/p", f"readfile=/host{config_path}"]),
+        (0, ["/p", f"writefile=/host{cache}/planted:code"]),
+        (0, ["/p", "readfile=/host/etc/passwd"]),
+        (0, ["/p", f"ls=/host{root}"]),
+    ]
+    rules = [[str(r.path), r.writable] for r in plan.worker.rules]
+    spec = {"rules": rules, "preopens": [["/host", "/", False]], "jobs": jobs}
+    free = {"rules": None, "preopens": [["/host", "/", False]], "jobs": jobs[4:5]}
+    # Two processes: wasmtime's I/O threads would carry the first thread's wall to the second.
+    [walled] = scenario("wasmtime", [PROBE], [spec])
+    [unconfined] = scenario("wasmtime", [PROBE], [free])
+    assert walled == [
+        "hello from the volume\n",
+        "OK\nspooled",
+        "read only\n",
+        EACCES,
+        *[EACCES] * 5,
+        EACCES,
+    ]
+    assert unconfined == ["TOP SECRET\n"]  # the preopen alone would let the module out
+    assert not (cache / "planted").exists()
+    assert (ro / "fixed.txt").read_text() == "read only\n"

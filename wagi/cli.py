@@ -17,7 +17,7 @@ from pathlib import Path
 
 from werkzeug.test import EnvironBuilder
 
-from wagi import __version__, confined, landlock
+from wagi import __version__
 from wagi import settings as wagi_settings
 from wagi.config import (
     Config,
@@ -115,7 +115,9 @@ def _parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace) -> tuple[wagi_settings.ServerSettings, Config, EngineChoice]:
     server_settings = wagi_settings.load(args)
     config = load_config(server_settings.config)
-    choice = choose_engine(server_settings.engine, config, server_settings.max_memory)
+    choice = choose_engine(
+        server_settings.engine, config, server_settings.max_memory, server_settings.kernel_wall
+    )
     return server_settings, config, choice
 
 
@@ -133,17 +135,9 @@ def check(args: argparse.Namespace) -> int:
         f"wagi {__version__}: {config.path}: {len(routes)} routes; engine {choice.name} "
         f"{gateway.engine.version} ({choice.reason}); {choice.describe_limits()}"
     )
-    if gateway.confined is not None:
-        # Always printed (it reaches the start-up log): where the kernel wall stands.
-        wall = landlock.availability()
-        # One line per [[module]] with volumes: its routes share the handler's preopens.
-        walled = {r.handler.entry.index: r.handler for r in routes if r.handler.preopens}
-        for handler in sorted(walled.values(), key=lambda h: h.entry.index):
-            rules = confined.wall_rules(handler.preopens)
-            grants = landlock.describe(
-                rules, deny_network=not handler.entry.allowed_hosts, available=wall
-            )
-            print(f"  kernel wall for {handler.entry.route}: {grants}")
+    # Always printed (it reaches the start-up log): where the kernel wall stands.
+    for line in gateway.sites.plan.describe(config):
+        print(f"  {line}")
     for reference, digest in sorted(pins.items()):
         # Always printed: the start-up log says which bytes each tag stood for.
         print(f"  oci://{reference} is {digest}")
@@ -230,7 +224,9 @@ def run(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace, gunicorn_args: Sequence[str]) -> int:
     server_settings = wagi_settings.load(args)
     config = load_config(server_settings.config)
-    choose_engine(server_settings.engine, config, server_settings.max_memory)
+    choose_engine(
+        server_settings.engine, config, server_settings.max_memory, server_settings.kernel_wall
+    )
     # Workers read their settings from the environment, with an absolute config path so
     # gunicorn's --chdir cannot change which file they read.
     environ = wagi_settings.to_environ(server_settings)

@@ -1,18 +1,22 @@
-"""Volumes for an engine that cannot confine a module: a kernel-confined thread per route.
+"""Where a worker's module runs happen, behind the kernel wall that :mod:`wagi.wall` plans.
 
-wasmer's WASI layer lets a module leave its mapped directories (absolute paths,
-symlinks). Where Linux Landlock is available, wagi still serves volumes with it:
-each such ``[[module]]`` runs on threads of its own that the kernel confines to
-that route's volumes and nothing else (not wagi's files, not the artifact cache,
-not another route's volumes), whatever the engine's WASI layer does.
+- An engine that streams (wasmtime) runs every module on runner threads
+  (:mod:`wagi.runner`), one pool per ``[[module]]``. With a worker wall, every
+  such thread confines itself before its first run, so every helper thread the
+  engine's WASI makes (they inherit their maker's confinement) is confined too.
+- An engine that does not confine volumes itself (wasmer) runs each route with
+  volumes on threads of its own, confined to that route's wall. Such a thread
+  is set up once: it creates its own engine (wasmer-python's objects belong to
+  the thread that made them), loads and prepares the route's module while it
+  may still read the cache, then confines itself for good. A module file
+  replaced on disk gets a fresh thread, set up the same way. Its other routes
+  run on the serving thread, as before.
 
-A confined thread is set up once: it creates its own engine (wasmer-python's
-objects belong to the thread that made them), loads and prepares the route's
-module while it may still read the cache, then confines itself for good. A
-module file replaced on disk gets a fresh thread, set up the same way::
+Start-up runs (``_routes``) go through the same places as requests::
 
-    routes = ConfinedRoutes("wasmer", cache_dir)
-    result = routes.run(handler, module, invocation)   # on the route's confined thread
+    sites = RunSites(engine, plan, cache_dir)
+    result = sites.run(handler, module, invocation)            # and wait for it
+    job = sites.pool_for(handler).submit(function, close_fd=w)  # a streaming run
 """
 
 from __future__ import annotations
@@ -20,22 +24,20 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wagi import landlock
 from wagi.engines import engine_class
-from wagi.engines.base import Engine, Invocation, LoadedModule, Preopen, RunResult
+from wagi.engines.base import Engine, Invocation, Limits, LoadedModule, RunResult
 from wagi.engines.cache import ArtifactCache
 from wagi.runner import RunnerPool
+from wagi.wall import Wall, WallPlan
+
+if TYPE_CHECKING:
+    from wagi.handlers import Handler
 
 logger = logging.getLogger("wagi")
-
-
-def wall_rules(preopens: Sequence[Preopen]) -> list[landlock.PathRule]:
-    """What a route's confined thread may reach: its volumes, each with its own access."""
-    return [landlock.PathRule(p.host_path, writable=not p.read_only) for p in preopens]
 
 
 class _Route:
@@ -46,15 +48,14 @@ class _Route:
         engine_name: str,
         cache_dir: Path | None,
         source: LoadedModule,
-        preopens: Sequence[Preopen],
-        limits: Any,
-        deny_network: bool,
+        limits: Limits,
+        wall: Wall,
         label: str,
+        log_level: int,
     ) -> None:
         self.source = source
         """The serving thread's copy of the module: a new one means the file changed."""
         self._state = threading.local()
-        rules = wall_rules(preopens)
 
         def set_up() -> None:
             # wasmer's objects must be made on the thread that uses them, and before the
@@ -64,9 +65,9 @@ class _Route:
             )
             module = engine.load(source.path)
             engine.prepare(module, limits)
-            report = landlock.restrict_current_thread(rules, deny_network=deny_network)
+            report = wall.raise_here()
             self._state.engine, self._state.module = engine, module
-            logger.info("%s: a confined thread is up: %s", label, report.describe())
+            logger.log(log_level, "%s: a confined thread is up: %s", label, report.describe())
 
         self.pool = RunnerPool(f"wagi-confined {label}", on_start=set_up)
 
@@ -77,14 +78,22 @@ class _Route:
 
 
 class ConfinedRoutes:
-    """The confined threads of every route that needs them, made on first use."""
+    """The confined threads of the routes that have a wall of their own, made on first use."""
 
-    def __init__(self, engine_name: str, cache_dir: Path | None) -> None:
+    def __init__(
+        self,
+        engine_name: str,
+        cache_dir: Path | None,
+        walls: Mapping[int, Wall],
+        log_level: int = logging.INFO,
+    ) -> None:
         self.engine_name = engine_name
         self.cache_dir = cache_dir
+        self.walls = walls
+        self.log_level = log_level
         self._routes: dict[int, _Route] = {}
 
-    def run(self, handler: Any, module: LoadedModule, invocation: Invocation) -> RunResult:
+    def run(self, handler: Handler, module: LoadedModule, invocation: Invocation) -> RunResult:
         """Run ``handler``'s module on one of its confined threads and wait for the result.
 
         ``module`` is the serving thread's copy, used only to notice a replaced file.
@@ -98,9 +107,55 @@ class ConfinedRoutes:
                 self.engine_name,
                 self.cache_dir,
                 module,
-                handler.preopens,
                 handler.limits,
-                deny_network=not handler.entry.allowed_hosts,
+                self.walls[key],
                 label=handler.entry.label,
+                log_level=self.log_level,
             )
         return route.pool.submit(functools.partial(route.run, invocation)).result()
+
+
+class RunSites:
+    """The threads a worker runs modules on, and the wall around them."""
+
+    def __init__(
+        self, engine: Engine, plan: WallPlan, cache_dir: Path | None, *, announce: bool = True
+    ) -> None:
+        """``announce``: log each confined thread at INFO (a server), else at DEBUG."""
+        self.engine = engine
+        self.plan = plan
+        self.pools: dict[int, RunnerPool] = {}
+        self.log_level = logging.INFO if announce else logging.DEBUG
+        self.confined = (
+            ConfinedRoutes(engine.name, cache_dir, plan.routes, self.log_level)
+            if plan.routes
+            else None
+        )
+
+    def _confine_runner(self) -> None:
+        assert self.plan.worker is not None
+        report = self.plan.worker.raise_here()
+        logger.log(self.log_level, "a confined thread is up: %s", report.describe())
+
+    def pool_for(self, handler: Handler) -> RunnerPool:
+        """The runner threads of ``handler``'s ``[[module]]`` (its sub-routes share them)."""
+        pool = self.pools.get(handler.entry.index)
+        if pool is None:
+            on_start = self._confine_runner if self.plan.worker is not None else None
+            pool = RunnerPool(f"wagi-run {handler.entry.route}", on_start=on_start)
+            self.pools[handler.entry.index] = pool
+        return pool
+
+    def run(self, handler: Handler, module: Any, invocation: Invocation) -> RunResult:
+        """Run ``module`` where ``handler``'s runs belong, and wait for the result.
+
+        Raises :class:`~wagi.landlock.WallError` when a new thread cannot be confined.
+        """
+        if self.confined is not None and handler.entry.index in self.plan.routes:
+            return self.confined.run(handler, module, invocation)
+        if self.engine.capabilities.streaming:
+            job = self.pool_for(handler).submit(
+                functools.partial(self.engine.run, module, invocation)
+            )
+            return job.result()
+        return self.engine.run(module, invocation)

@@ -35,11 +35,11 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Request, Response
 
-from wagi import landlock, scratch
+from wagi import landlock, scratch, wall
 from wagi.cgi_request import build_argv, cgi_variables, raw_path_and_query
 from wagi.cgi_response import BadCgiResponse, parse_cgi_response, parse_head, split_head
 from wagi.config import Config
-from wagi.confined import ConfinedRoutes
+from wagi.confined import RunSites
 from wagi.engines import create_engine
 from wagi.engines.base import (
     Ending,
@@ -56,7 +56,7 @@ from wagi.module_log import ModuleLog
 from wagi.observe import Observation, Observer
 from wagi.policy import EngineChoice, choose_engine
 from wagi.routing import RoutingTable
-from wagi.runner import Job, RunnerPool
+from wagi.runner import Job
 from wagi.settings import ServerSettings
 from wagi.watchdog import Watchdog, WatchdogGone
 from wagi.worker_health import Unfit, WorkerHealth
@@ -120,16 +120,6 @@ def broken_engine(why: str) -> str:
     return f"its engine is broken ({why})" if why else ""
 
 
-def needs_the_wall(choice: EngineChoice, config: Config) -> bool:
-    """Whether routes with volumes must run on kernel-confined threads (wagi.confined):
-    the engine does not confine modules itself, and the kernel can."""
-    return (
-        not choice.capabilities.volumes
-        and any(entry.volumes for entry in config.modules)
-        and landlock.availability().ok
-    )
-
-
 SPOOL_ABOVE = 1024 * 1024
 """Request bodies larger than this (or chunked ones that grow past it) go to an unlinked
 temporary file that the module gets as its stdin file: never held whole in memory."""
@@ -173,7 +163,8 @@ def read_body(request: Request, limit: int) -> Body:
         _refuse_a_longer_chunked_body(request, len(head), limit)
         return Body(head)
     # Unlinked, gone when closed; it outlives this function: the run reads it, then closes it.
-    spool = tempfile.TemporaryFile(prefix="wagi-body-")  # noqa: SIM115
+    # In the worker's folder, which the kernel wall (wagi.wall) lets runner threads read.
+    spool = tempfile.TemporaryFile(prefix="wagi-body-", dir=scratch.worker_folder())  # noqa: SIM115
     try:
         spool.write(head)
         length = len(head)
@@ -206,6 +197,7 @@ class Gateway:
         table: RoutingTable[Handler],
         module_log: ModuleLog,
         observer: Observer | None = None,
+        sites: RunSites | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -214,10 +206,9 @@ class Gateway:
         self.module_log = module_log
         self.observer = observer or Observer(engine.name)
         self.watchdog: Watchdog | None = None
-        self.pools: dict[int, RunnerPool] = {}
         self.health = WorkerHealth(replace=False)
-        self.confined: ConfinedRoutes | None = None
-        """Where routes run whose volumes only the kernel wall confines (wagi.confined)."""
+        self.sites = sites or RunSites(engine, wall.WallPlan(wall.availability("off")), None)
+        """The threads modules run on, behind the kernel wall (wagi.confined, wagi.wall)."""
         self.wsgi_app: Any = self.app
         if settings.trusted_proxy_hops:
             hops = settings.trusted_proxy_hops
@@ -239,7 +230,9 @@ class Gateway:
         process that has already compiled.
         """
         if choice is None:
-            choice = choose_engine(settings.engine, config, settings.max_memory)
+            choice = choose_engine(
+                settings.engine, config, settings.max_memory, settings.kernel_wall
+            )
         metrics = None
         if serving and settings.metrics_bind:
             from wagi.metrics import Metrics  # prometheus_client only where metrics are on
@@ -252,12 +245,20 @@ class Gateway:
             choice.name, settings.cache_dir, metrics.cache_lookup if metrics else None
         )
         loader = ModuleLoader(engine)
-        if any(entry.tmp for entry in config.modules):
-            try:  # remove what killed workers left behind before serving
-                scratch.worker_folder()
-            except (scratch.ScratchError, OSError) as exc:
-                raise StartupError(f"{config.path}: key 'tmp': {exc}") from None
-        table = build_routing_table(config, engine, loader, settings, tolerant=serving)
+        try:  # remove what killed workers left behind before serving
+            scratch.worker_folder()
+        except (scratch.ScratchError, OSError) as exc:
+            raise StartupError(f"the folder of transient files (scratch, bodies): {exc}") from None
+        try:
+            plan = wall.plan_walls(
+                engine.capabilities, config, settings.kernel_wall, settings.cache_dir
+            )
+        except wall.WallRefused as exc:
+            raise StartupError(str(exc)) from None
+        sites = RunSites(engine, plan, settings.cache_dir, announce=serving)
+        table = build_routing_table(
+            config, engine, loader, settings, tolerant=serving, run=sites.run
+        )
         observer = Observer(
             engine.name,
             trust_request_id=settings.trusted_proxy_hops > 0,
@@ -265,10 +266,8 @@ class Gateway:
             metrics=metrics,
         )
         module_log = ModuleLog(settings.log_dir, json=settings.log_format == "json")
-        gateway = cls(settings, engine, loader, table, module_log, observer)
+        gateway = cls(settings, engine, loader, table, module_log, observer, sites)
         gateway.watchdog = watchdog
-        if needs_the_wall(choice, config):
-            gateway.confined = ConfinedRoutes(choice.name, settings.cache_dir)
         # A worker that can no longer run modules is replaced (wagi.worker_health).
         gateway.health = WorkerHealth(replace=serving)
         gateway.health.watch(lambda: broken_engine(engine.broken))
@@ -354,14 +353,6 @@ class Gateway:
 
     # -- streaming engines ----------------------------------------------------------
 
-    def pool_for(self, handler: Handler) -> RunnerPool:
-        """The runner threads of ``handler``'s ``[[module]]`` (its sub-routes share them)."""
-        pool = self.pools.get(handler.entry.index)
-        if pool is None:
-            pool = RunnerPool(f"wagi-run {handler.entry.route}")
-            self.pools[handler.entry.index] = pool
-        return pool
-
     def stream(
         self,
         handler: Handler,
@@ -382,7 +373,11 @@ class Gateway:
             run = functools.partial(
                 self.observer.timed(self.run_with_scratch), module, invocation, handler, body
             )
-            job = self.pool_for(handler).submit(run, close_fd=write_fd)
+            job = self.sites.pool_for(handler).submit(run, close_fd=write_fd)
+        except landlock.WallError as exc:
+            os.close(read_fd)
+            self.wall_failed(exc)
+            return error_response(503, UNFIT_MESSAGE)
         except BaseException:
             os.close(read_fd)
             raise
@@ -493,12 +488,21 @@ class Gateway:
         self, module: Any, invocation: Invocation, handler: Handler | None = None
     ) -> RunResult:
         try:
-            if self.confined is not None and handler is not None and handler.preopens:
-                return self.confined.run(handler, module, invocation)
-            return self.engine.run(module, invocation)
+            if handler is None:
+                return self.engine.run(module, invocation)
+            return self.sites.run(handler, module, invocation)
         except EngineBroken as exc:
             self.health.unfit(broken_engine(str(exc)))
             raise Unfit(str(exc)) from None
+        except landlock.WallError as exc:
+            raise Unfit(self.wall_failed(exc)) from None
+
+    def wall_failed(self, exc: landlock.WallError) -> str:
+        """No module runs unconfined: this worker is replaced. Returns the problem."""
+        problem = f"a thread that runs modules could not be confined ({exc})"
+        self.health.unfit(problem)
+        logger.error("%s; this worker is being replaced", problem)
+        return problem
 
     def log_ending(self, route: str, result: RunResult, timeout: float | None = None) -> None:
         """One clear line for a run that did not succeed: route, what happened, the limit."""

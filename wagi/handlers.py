@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from wagi import scratch
 from wagi.config import Config, ConfigError, ModuleEntry, Scratch, load_env_file
-from wagi.engines.base import Engine, EngineError, Invocation, Limits, Preopen
+from wagi.engines.base import (
+    Engine,
+    EngineError,
+    Invocation,
+    Limits,
+    LoadedModule,
+    Preopen,
+    RunResult,
+)
+from wagi.landlock import WallError
 from wagi.loader import ModuleLoader
 from wagi.outbound_http import OutboundPolicy
 from wagi.routing import Route, RoutingTable, join_subroute
@@ -112,6 +121,7 @@ def build_routing_table(
     settings: ServerSettings,
     *,
     tolerant: bool = False,
+    run: Callable[[Handler, LoadedModule, Invocation], RunResult] | None = None,
 ) -> RoutingTable[Handler]:
     """Compile every module and collect every route, including ``_routes`` sub-routes.
 
@@ -119,7 +129,12 @@ def build_routing_table(
     a module file that no longer loads (replaced or broken since) is logged and its route
     kept, answering 500 until the file is fixed, instead of stopping the worker, which
     would make gunicorn stop the whole server. Its ``_routes`` sub-routes wait for a restart.
+
+    ``run`` runs ``_routes`` where the route's requests will run (behind the same kernel
+    wall, :class:`wagi.confined.RunSites`); by default, on this thread.
     """
+    if run is None:
+        run = lambda _handler, module, invocation: engine.run(module, invocation)  # noqa: E731
     try:
         global_env = global_environment(settings)
     except ConfigError as exc:
@@ -153,8 +168,8 @@ def build_routing_table(
         listing = dataclasses.replace(parent, entrypoint=ROUTES_EXPORT)
         try:
             with scratch.provide(invocation_for(listing, [entry.route], {}, b""), entry.tmp) as inv:
-                result = engine.run(module, inv)
-        except (EngineError, scratch.ScratchError) as exc:
+                result = run(listing, module, inv)
+        except (EngineError, scratch.ScratchError, WallError) as exc:
             raise StartupError(f"{where}: running _routes failed: {exc}") from None
         if not result.succeeded:
             raise StartupError(f"{where}: _routes {result.ending.value}: {result.detail}")

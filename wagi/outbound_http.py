@@ -76,6 +76,7 @@ from urllib.parse import SplitResult, quote, urljoin, urlsplit
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util.ssl_ import create_urllib3_context
 
 IMPORT_MODULE = "wasi_experimental_http"
 """The import module name guests use (WAGI 0.8)."""
@@ -451,8 +452,12 @@ class OutboundClient:
     """
 
     def __init__(self) -> None:
+        # One TLS context, its trust store read now: a runner thread behind the kernel wall
+        # (wagi.wall) could not read it per connection, as urllib3 otherwise does.
+        tls = create_urllib3_context()
+        tls.load_default_certs()
         self.pool = urllib3.PoolManager(
-            num_pools=32, maxsize=MAX_HANDLES, block=False, retries=False
+            num_pools=32, maxsize=MAX_HANDLES, block=False, retries=False, ssl_context=tls
         )
         self.pool.pool_classes_by_scheme = {  # type: ignore[assignment]
             "http": _WatchedHTTPPool,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wagi import landlock
+from wagi import wall
 from wagi.config import Config
 from wagi.engines import engine_class, importable
 from wagi.engines.base import Capabilities
@@ -34,6 +34,8 @@ class EngineChoice:
     name: str
     reason: str
     capabilities: Capabilities
+    kernel_wall: str = "auto"
+    """``--kernel-wall``: whether volumes the engine does not confine can be served."""
 
     def describe_limits(self) -> str:
         caps = self.capabilities
@@ -48,26 +50,32 @@ class EngineChoice:
             if caps.volumes
             else (
                 "read-write volumes behind the kernel wall (the engine does not confine them)"
-                if landlock.availability().ok
+                if wall.availability(self.kernel_wall).ok
                 else "no volumes"
             )
         )
         return f"{timeout}; {memory}; {volumes}"
 
 
-def refusals(name: str, config: Config, max_memory: int | None) -> list[str]:
-    """What in ``config`` engine ``name`` cannot honour, one message per problem."""
+def refusals(
+    name: str, config: Config, max_memory: int | None, kernel_wall: str = "auto"
+) -> list[str]:
+    """What in ``config`` engine ``name`` cannot honour, one message per problem.
+
+    ``kernel_wall`` is ``--kernel-wall``: an engine that does not confine volumes serves
+    them only behind the wall (:mod:`wagi.wall`).
+    """
     caps = engine_class(name).capabilities
     problems = []
     for entry in config.modules:
         where = f"{config.path}: {entry.label}"
         if entry.volumes and not caps.volumes:
-            wall = landlock.availability()
-            if not wall.ok:
+            available = wall.availability(kernel_wall)
+            if not available.ok:
                 problems.append(
                     f"{where}, key 'volumes': {name} does not confine a module to its volumes "
                     "(absolute paths and symlinks reach any host file) and the kernel wall is "
-                    f"not available ({wall.why}), so wagi maps no volumes with it; use the "
+                    f"not available ({available.why}), so wagi maps no volumes with it; use the "
                     "wasmtime engine"
                 )
             elif any(v.read_only for v in entry.volumes):
@@ -107,7 +115,9 @@ def refusals(name: str, config: Config, max_memory: int | None) -> list[str]:
     return problems
 
 
-def choose_engine(requested: str, config: Config, max_memory: int | None) -> EngineChoice:
+def choose_engine(
+    requested: str, config: Config, max_memory: int | None, kernel_wall: str = "auto"
+) -> EngineChoice:
     """Pick the engine for ``config``: the requested one, or for ``auto`` the best that fits.
 
     Raises :class:`EngineUnavailable` when an explicitly requested engine cannot
@@ -117,28 +127,31 @@ def choose_engine(requested: str, config: Config, max_memory: int | None) -> Eng
         ok, why = importable(requested)
         if not ok:
             raise EngineUnavailable(f"engine {requested!r} is not available: {why}")
-        problems = refusals(requested, config, max_memory)
+        problems = refusals(requested, config, max_memory, kernel_wall)
         if problems:
             raise EngineUnavailable(
                 f"engine {requested!r} cannot honour this configuration:\n  "
                 + "\n  ".join(problems)
             )
         cls = engine_class(requested)
-        return EngineChoice(requested, "requested explicitly", cls.capabilities)
+        return EngineChoice(requested, "requested explicitly", cls.capabilities, kernel_wall)
     ok, why = importable("wasmer")
     if ok:
-        problems = refusals("wasmer", config, max_memory)
+        problems = refusals("wasmer", config, max_memory, kernel_wall)
         if not problems:
             cls = engine_class("wasmer")
             return EngineChoice(
-                "wasmer", "auto: wasmer imports and honours every setting", cls.capabilities
+                "wasmer",
+                "auto: wasmer imports and honours every setting",
+                cls.capabilities,
+                kernel_wall,
             )
         why = "wasmer cannot honour this configuration: " + problems[0]
     ok_wt, why_wt = importable("wasmtime")
     if not ok_wt:
         raise EngineUnavailable(f"no engine is available: {why}; {why_wt}")
     cls = engine_class("wasmtime")
-    return EngineChoice("wasmtime", f"auto: {why}", cls.capabilities)
+    return EngineChoice("wasmtime", f"auto: {why}", cls.capabilities, kernel_wall)
 
 
 def worker_kind(worker_class: str) -> str | None:

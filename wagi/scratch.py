@@ -107,7 +107,12 @@ _worker: tuple[int, Path] | None = None
 
 
 def worker_folder() -> Path:
-    """This process's folder of scratch directories, made (after cleaning leftovers) once."""
+    """This process's folder of transient files, made (after cleaning leftovers) once.
+
+    It holds the scratch directories and the spooled request bodies
+    (:func:`wagi.gateway.read_body`): the one host folder, besides volumes, that the
+    kernel wall (:mod:`wagi.wall`) lets the threads that run modules reach.
+    """
     global _worker
     pid = os.getpid()
     if _worker is None or _worker[0] != pid:

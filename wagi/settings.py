@@ -23,6 +23,7 @@ from typing import Any
 
 ENGINE_CHOICES = ("auto", "wasmer", "wasmtime")
 LOG_FORMATS = ("text", "json")
+KERNEL_WALL_CHOICES = ("auto", "required", "off")
 
 _UNITS = {
     "": 1,
@@ -87,12 +88,6 @@ def parse_env_pair(value: str) -> tuple[str, str]:
     return name, val
 
 
-def _parse_engine(value: str) -> str:
-    if value not in ENGINE_CHOICES:
-        raise ValueError(f"expected one of {', '.join(ENGINE_CHOICES)}, got {value!r}")
-    return value
-
-
 def _parse_optional_path(value: str) -> Path | None:
     return Path(value) if value else None
 
@@ -120,10 +115,13 @@ def _parse_plain_http(value: str) -> str:
     return ",".join(items)
 
 
-def _parse_log_format(value: str) -> str:
-    if value not in LOG_FORMATS:
-        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}, got {value!r}")
-    return value
+def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return parse
 
 
 def bind_address(value: str) -> tuple[str, int]:
@@ -226,7 +224,7 @@ SETTINGS: Sequence[Setting] = (
         "WebAssembly engine: auto (wasmer where it can honour the configuration, else "
         "wasmtime), wasmer or wasmtime.",
         "auto",
-        _parse_engine,
+        _one_of(ENGINE_CHOICES),
         metavar="|".join(ENGINE_CHOICES),
     ),
     Setting(
@@ -319,7 +317,7 @@ SETTINGS: Sequence[Setting] = (
         "gunicorn's access and error logs, wagi's events and module stderr, with route, "
         "request id, engine, duration and ending).",
         "text",
-        _parse_log_format,
+        _one_of(LOG_FORMATS),
         metavar="|".join(LOG_FORMATS),
     ),
     Setting(
@@ -330,6 +328,17 @@ SETTINGS: Sequence[Setting] = (
         None,
         _parse_optional_bind,
         metavar="HOST:PORT",
+    ),
+    Setting(
+        "kernel_wall",
+        "--kernel-wall",
+        "The second wall under the WebAssembly sandbox: Linux Landlock confines the threads "
+        "that run modules to the volumes and what a run needs (docs/security.md). auto: up "
+        "wherever the kernel has Landlock; required: refuse to start without it; off: none "
+        "(then wasmer maps no volumes).",
+        "auto",
+        _one_of(KERNEL_WALL_CHOICES),
+        metavar="|".join(KERNEL_WALL_CHOICES),
     ),
 )
 
@@ -359,6 +368,7 @@ class ServerSettings:
     oci_plain_http: str
     log_format: str
     metrics_bind: str | None
+    kernel_wall: str
 
 
 assert [s.name for s in SETTINGS] == [f.name for f in fields(ServerSettings)]

@@ -144,6 +144,10 @@ class Capabilities:
     """Binds the ``wasi_experimental_http`` host functions (:mod:`wagi.outbound_http`)."""
     write_budget: bool = False
     """Enforces ``Limits.max_write`` (what bounds a scratch directory, :mod:`wagi.scratch`)."""
+    shared_io_threads: bool = False
+    """Its WASI file I/O runs on process-wide helper threads, made by whichever thread first
+    needed one and reused by every thread after it. Such threads carry their creator's
+    kernel confinement (:mod:`wagi.landlock`), not their caller's."""
 
 
 class LoadedModule(abc.ABC):

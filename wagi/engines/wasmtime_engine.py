@@ -735,6 +735,9 @@ class WasmtimeEngine(Engine):
         thread_safe=True,
         outbound_http=True,
         write_budget=True,
+        # wasmtime-wasi's file I/O runs on tokio's blocking pool (the C API does not ask
+        # for blocking on the calling thread); tests/test_landlock.py measures it.
+        shared_io_threads=True,
     )
 
     def __init__(

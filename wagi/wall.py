@@ -1,0 +1,193 @@
+"""The kernel wall around the threads that run modules: planned once, from the configuration.
+
+The WebAssembly sandbox is the first wall around a module; Linux Landlock
+(:mod:`wagi.landlock`) is the second, below it. This module decides what the
+threads that run modules may reach on the host, from ``modules.toml`` and what
+the engine says of itself (:class:`~wagi.engines.base.Capabilities`):
+
+- An engine whose file I/O runs on **process-wide helper threads**
+  (``shared_io_threads``, wasmtime): those threads carry the confinement of the
+  thread that made them, whichever route that was. A wall per route cannot hold
+  there, so *every* thread that runs modules in the worker gets the same wall:
+  the volumes of all routes (a path read-write in one route is read-write).
+  Keeping each route to its own volumes stays the engine's job, which wasmtime
+  does in the kernel too (``openat2`` with ``RESOLVE_BENEATH``).
+- An engine that **does not confine volumes** itself (wasmer): each
+  ``[[module]]`` with volumes runs on threads of its own, confined to that
+  route's volumes (:mod:`wagi.confined`). Without the wall, such an engine maps
+  no volumes at all (:mod:`wagi.policy` refuses them).
+
+Besides volumes a confined thread reaches only what a run needs:
+
+- this worker's folder of transient files (:func:`wagi.scratch.worker_folder`),
+  read-write: spooled request bodies, scratch directories (``tmp``);
+- for routes with outbound HTTP: the resolver's files, read-only, and TCP
+  connections (denied otherwise). TLS trust is loaded before the wall goes up.
+
+Never the compiled-artifact cache (native code other workers load), never
+``modules.toml``, wagi's code, its logs or any other file. Python modules are
+imported before the wall goes up: a confined thread cannot read them.
+
+``--kernel-wall`` chooses: ``auto`` (up wherever the kernel has Landlock),
+``required`` (refuse to start without it) or ``off``::
+
+    plan = plan_walls(engine.capabilities, config, settings)
+    print(plan.describe())
+    report = plan.worker.raise_here()   # on a thread that will run modules
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wagi import landlock, scratch
+from wagi.config import Config, ModuleEntry
+from wagi.engines.base import Capabilities
+from wagi.landlock import Availability, PathRule
+
+RESOLVER_FILES = (
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+    "/etc/gai.conf",
+    "/etc/host.conf",
+)
+"""What glibc's ``getaddrinfo`` opens (its files and dns services are built into libc)."""
+
+
+class WallRefused(Exception):
+    """The configuration asks for something the wall exists to prevent; the message says what."""
+
+
+def availability(setting: str) -> Availability:
+    """Whether the wall can go up here, given ``--kernel-wall``."""
+    if setting == "off":
+        return Availability(False, 0, "it is turned off (--kernel-wall off)")
+    return landlock.availability()
+
+
+@dataclass(frozen=True)
+class Wall:
+    """What a confined thread may reach: paths, and TCP connections unless denied."""
+
+    rules: tuple[PathRule, ...]
+    deny_network: bool
+    outbound_http: bool = False
+    """Runs make outbound HTTP requests: the connection pool and its TLS trust are made
+    before the wall goes up."""
+    transient: Path | None = None
+    """The worker's folder of transient files, one of the rules."""
+
+    def describe(self, available: Availability | None = None) -> str:
+        """What the wall grants, the same in every process (``wagi check`` and its workers)."""
+        shown = [
+            PathRule(self.transient.parent / "w<pid>", r.writable)
+            if r.path == self.transient
+            else r
+            for r in self.rules
+        ]
+        return landlock.describe(shown, deny_network=self.deny_network, available=available)
+
+    def raise_here(self) -> landlock.Report:
+        """Confine the calling thread (and the threads it makes) for good.
+
+        Raises :class:`~wagi.landlock.WallError`, confining nothing, if it cannot.
+        """
+        _import_what_runs_need(self.outbound_http)
+        return landlock.restrict_current_thread(self.rules, deny_network=self.deny_network)
+
+
+def _import_what_runs_need(outbound_http: bool) -> None:
+    # Imported lazily elsewhere, first used on a runner thread: after the wall, too late.
+    import encodings.idna  # noqa: F401  (socket encodes host names with it)
+
+    if outbound_http:
+        from wagi.outbound_http import worker_client
+
+        worker_client()  # its TLS context reads the trust store now
+
+
+@dataclass(frozen=True)
+class WallPlan:
+    """Where the wall stands in one worker."""
+
+    available: Availability
+    worker: Wall | None = None
+    """The wall of every thread that runs modules (an engine with shared I/O threads)."""
+    routes: Mapping[int, Wall] = field(default_factory=dict)
+    """Walls of the ``[[module]]`` entries (by index) that run on threads of their own."""
+
+    def describe(self, config: Config) -> list[str]:
+        """Lines for ``wagi check`` and the start-up log."""
+        if self.worker is not None:
+            return [f"kernel wall for every module run: {self.worker.describe(self.available)}"]
+        lines = [
+            f"kernel wall for {entry.route}: {self.routes[entry.index].describe(self.available)}"
+            for entry in config.modules
+            if entry.index in self.routes
+        ]
+        if not self.available.ok:
+            lines.append(f"no kernel wall: {self.available.why}")
+        return lines
+
+
+def plan_walls(
+    capabilities: Capabilities,
+    config: Config,
+    setting: str,
+    cache_dir: Path | None,
+    transient: Path | None = None,
+) -> WallPlan:
+    """The walls of a worker whose engine has ``capabilities``.
+
+    ``transient`` is the worker's folder of transient files (by default
+    :func:`wagi.scratch.worker_folder`, made now). Raises :class:`WallRefused` when
+    ``--kernel-wall required`` meets a kernel without Landlock, or a volume would let
+    modules write the artifact cache.
+    """
+    available = availability(setting)
+    if setting == "required" and not available.ok:
+        raise WallRefused(f"--kernel-wall required: the kernel wall cannot go up: {available.why}")
+    _refuse_volumes_over_the_cache(config, cache_dir)
+    if not available.ok:
+        return WallPlan(available)
+    if transient is None:
+        transient = scratch.worker_folder()
+    if capabilities.shared_io_threads:
+        return WallPlan(available, worker=_wall(config.modules, transient))
+    if capabilities.volumes:
+        return WallPlan(available)  # the engine confines volumes; runs stay where they are
+    walled = {e.index: _wall([e], transient) for e in config.modules if e.volumes}
+    return WallPlan(available, routes=walled)
+
+
+def _wall(entries: Iterable[ModuleEntry], transient: Path) -> Wall:
+    entries = list(entries)
+    access: dict[Path, bool] = {transient: True}
+    for entry in entries:
+        for volume in entry.volumes:
+            access[volume.host_path] = access.get(volume.host_path, False) or not volume.read_only
+    outbound = any(entry.allowed_hosts for entry in entries)
+    if outbound:
+        for name in RESOLVER_FILES:
+            if Path(name).exists():
+                access.setdefault(Path(name), False)
+    rules = tuple(PathRule(path, writable) for path, writable in access.items())
+    return Wall(rules, deny_network=not outbound, outbound_http=outbound, transient=transient)
+
+
+def _refuse_volumes_over_the_cache(config: Config, cache_dir: Path | None) -> None:
+    if cache_dir is None:
+        return
+    cache = cache_dir.resolve()
+    for entry in config.modules:
+        for volume in entry.volumes:
+            host = volume.host_path.resolve()
+            if not volume.read_only and cache.is_relative_to(host):
+                raise WallRefused(
+                    f"{config.path}: {entry.label}, key 'volumes': {volume.host_path} holds the "
+                    f"compiled-artifact cache ({cache_dir}), native code every worker loads; no "
+                    "module may write it: choose another --cache-dir, or make the volume read-only"
+                )
