@@ -17,6 +17,8 @@ One command does everything, from a fresh clone:
    - **plain WSGI**: ``bench/plain_wsgi.py`` under gunicorn;
    - **wagi wasmtime**: ``samples/hello.wat`` under the same gunicorn command and
      settings (``bench/gunicorn.conf.py``), on ``--python`` (CPython 3.11 say);
+   - **wagi wasmtime, wall off**: the same with ``--kernel-wall off``: what the
+     kernel wall (Landlock) around the threads that run modules costs;
    - **wagi wasmer**: the same, on ``--wasmer-python`` (CPython 3.10, where
      wasmer imports);
    - **classic CGI**: ``bench/cgi/hello.c`` built with ``cc -O2`` now, behind
@@ -672,6 +674,18 @@ def target_lines(points: list[Point], micro: dict[str, Any]) -> list[str]:
         cgi = ", ".join(f"c={p.concurrency} {verdict(p.vs_cgi, TARGET_VS_CGI)}" for p in hello)
         lines.append(f"  wagi {engine} hello vs plain WSGI (>= {TARGET_VS_WSGI}x): {wsgi}")
         lines.append(f"  wagi {engine} hello vs classic CGI (>= {TARGET_VS_CGI:g}x): {cgi}")
+
+    def hello_rps(server: str) -> dict[int, float]:
+        return {
+            p.concurrency: p.rps for p in points if p.server == server and p.scenario == HELLO.label
+        }
+
+    walled, unwalled = hello_rps("wagi-wasmtime"), hello_rps("wagi-wasmtime-nowall")
+    if walled and unwalled:
+        ratios = ", ".join(
+            f"c={c} {walled[c] / unwalled[c]:.2f}x" for c in walled if unwalled.get(c)
+        )
+        lines.append(f"  kernel wall, wasmtime hello req/s with the wall ÷ without: {ratios}")
     for engine, figures in micro.items():
         if figures is None:
             continue
@@ -821,7 +835,7 @@ DEFAULTS = {
     "micro_runs": 2000,
     "routes": "1,100,10000",
 }
-CONTENDERS = ("wsgi", "wasmtime", "wasmer", "cgi")
+CONTENDERS = ("wsgi", "wasmtime", "wasmtime-nowall", "wasmer", "cgi")
 
 
 def numbers(text: str, what: str) -> list[int]:
@@ -931,20 +945,29 @@ def make_entries(
                 access_log=access,
             )
             entries.append(Entry("wsgi", "plain WSGI", server, [("plain WSGI", HELLO)], True))
-        elif name in ("wasmtime", "wasmer"):
-            python = main if name == "wasmtime" else wasmer
-            if python is None or name not in python["engines"]:
+        elif name in ("wasmtime", "wasmtime-nowall", "wasmer"):
+            # wasmtime-nowall: the same server with --kernel-wall off, to show what the wall
+            # costs (its threads are confined once, when they start).
+            engine = name.removesuffix("-nowall")
+            python = wasmer if engine == "wasmer" else main
+            if python is None or engine not in python["engines"]:
                 where = python["path"] if python else "no Python"
                 print(f"skipping wagi {name}: it does not import in {where}")
                 continue
+            nowall = name.endswith("-nowall")
             server = GunicornServer(
-                name, args.workers, tmp, python=python["path"], access_log=access
+                engine,
+                args.workers,
+                tmp,
+                python=python["path"],
+                access_log=access,
+                settings={"WAGI_KERNEL_WALL": "off"} if nowall else None,
             )
-            label = f"wagi {name}"
+            label = f"wagi {engine}, wall off" if nowall else f"wagi {engine}"
             scenarios = [(label, HELLO)]
             if args.extra:
                 scenarios += [(f"{label} GET /env (C)", ENV), (f"{label} POST /echo 16K", ECHO)]
-            entries.append(Entry(f"wagi-{name}", label, server, scenarios, True, name))
+            entries.append(Entry(f"wagi-{name}", label, server, scenarios, True, engine))
         elif name == "cgi":
             server = CgiServer(args.workers, tmp, build_cgi(tmp), access_log=access)
             entries.append(Entry("cgi", "classic CGI", server, [("classic CGI", HELLO)], False))

@@ -314,7 +314,9 @@ class Server:
         app: str = "wagi.wsgi:app",
         python: str = sys.executable,
         access_log: bool = True,
+        settings: dict[str, str] | None = None,
     ) -> None:
+        """``settings``: more ``WAGI_*`` variables (say, ``WAGI_KERNEL_WALL=off``)."""
         self.engine = engine
         self.workers = workers
         self.port = free_port()
@@ -328,6 +330,7 @@ class Server:
             "WAGI_CACHE_DIR": str(tmp / f"cache-{self.port}"),
             "WAGI_BENCH_ACCESS_LOG": str(tmp / f"access-{self.port}.log") if access_log else "off",
             "PYTHONPATH": os.pathsep.join(p for p in path if p),
+            **(settings or {}),
         }
         self.command = [
             python,
