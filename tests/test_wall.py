@@ -252,3 +252,33 @@ def test_wasmer_lists_routes_of_a_module_with_volumes_behind_the_wall(
         "This is the routes sample: export hello ran.",
     )
     assert "[[module]] #1 (route '/routes'): a confined thread is up" in server.log()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_volume_gone_fails_its_route_only(
+    tmp_path: Path, server_factory: Callable[..., Server], engine: str
+) -> None:
+    """A thread confined after a volume disappeared leaves it out of its wall: that route
+    fails, every other route goes on (on wasmtime the wall holds every route's volumes)."""
+    (tmp_path / "gone").mkdir()
+    server = server_factory(
+        f"""
+        [[module]]
+        route = "/gone"
+        module = "{{probe}}"
+        volumes = {{{{ "/gone" = "{tmp_path / "gone"}" }}}}
+
+        [[module]]
+        route = "/fine"
+        module = "{{probe}}"
+        """,
+        engine,
+        workers=1,
+    )
+    (tmp_path / "gone").rmdir()
+    for _ in range(2):
+        assert server.get("/fine?hdr&print=fine").text == "fine\n"
+        assert server.get("/gone?hdr&print=never").status_code == 500
+    log = server.log()
+    assert f"the kernel wall leaves out what no longer exists: {tmp_path / 'gone'}; " in log
+    assert "can no longer run modules" not in log

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -360,4 +362,33 @@ def test_check_names_the_worker_settings_it_refuses(tmp_path: Path) -> None:
     assert done.stderr.startswith(
         "wagi: error: engine 'wasmer' (requested explicitly) cannot serve gunicorn's gthread "
         "worker (--worker-class sync, --threads 2)"
+    )
+
+
+# -- the worker's folder of transient files --------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_worker_whose_transient_folder_was_removed_is_replaced(
+    server_factory: Callable[..., Server], engine: str
+) -> None:
+    """Spooled bodies and scratch directories live in the worker's folder, and the kernel wall
+    grants that very directory: a tmp cleaner that removes it takes the worker out of service,
+    so it is replaced, and the new worker makes a folder of its own."""
+    server = server_factory(PROBE_ROUTE, engine, workers=1)
+    assert server.get("/p?hdr&print=hi").text == "hi\n"
+    [worker] = worker_pids(server)
+    folder = Path(tempfile.gettempdir()) / f"wagi-scratch-{os.getuid()}" / f"w{worker}"
+    assert folder.is_dir()
+    shutil.rmtree(folder)
+    r = server.get("/p?hdr&print=hi")
+    assert (r.status_code, r.text) == (503, UNFIT)
+    wait_for(lambda: len(worker_pids(server)) == 2, "a new worker")
+    wait_for(lambda: server.get("/healthz").status_code == 200, "the new worker")
+    body = b"x" * (2 << 20)  # spooled, into the new worker's folder
+    r = server.post("/p?hdr&cat", data=body)
+    assert (r.status_code, r.content) == (200, body)
+    assert (
+        f"wagi: worker {worker} can no longer run modules: its folder of transient files "
+        f"({folder}) was removed" in server.log()
     )

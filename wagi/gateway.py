@@ -246,7 +246,7 @@ class Gateway:
         )
         loader = ModuleLoader(engine)
         try:  # remove what killed workers left behind before serving
-            scratch.worker_folder()
+            transient = scratch.worker_folder()
         except (scratch.ScratchError, OSError) as exc:
             raise StartupError(f"the folder of transient files (scratch, bodies): {exc}") from None
         try:
@@ -273,6 +273,9 @@ class Gateway:
         gateway.health.watch(lambda: broken_engine(engine.broken))
         if watchdog is not None:
             gateway.health.watch(watchdog.problem)
+        # Spooled bodies and scratch directories go there, and the wall grants that very
+        # directory: one made again would be out of reach of the threads that run modules.
+        gateway.health.watch(lambda: scratch.folder_problem(transient))
         return gateway
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -300,6 +303,8 @@ class Gateway:
         match = self.table.match(raw_path)
         if match is None:
             return error_response(404)
+        if self.health.problem():
+            return error_response(503, UNFIT_MESSAGE)
         try:
             body = read_body(request, self.settings.max_body)
         except RequestEntityTooLarge:
@@ -461,11 +466,9 @@ class Gateway:
     ) -> RunResult:
         """Run ``module``, under the watchdog if the engine needs one.
 
-        Raises :class:`~wagi.worker_health.Unfit` when this worker can no longer run
+        Raises :class:`~wagi.worker_health.Unfit` when this worker turns out unable to run
         modules (the worker is then being replaced).
         """
-        if problem := self.health.problem():
-            raise Unfit(problem)
         watchdog = self.watchdog
         timeout = invocation.limits.timeout
         if watchdog is None or timeout is None or not isinstance(client, socket.socket):

@@ -128,6 +128,13 @@ def worker_folder() -> Path:
     return _worker[1]
 
 
+def folder_problem(folder: Path) -> str:
+    """Why ``folder`` (a :func:`worker_folder`) can no longer serve, or ``""``: one stat."""
+    if os.path.isdir(folder):
+        return ""
+    return f"its folder of transient files ({folder}) was removed"
+
+
 def _remove_own_folder(pid: int, folder: Path) -> None:
     if os.getpid() == pid:  # not in a forked child
         shutil.rmtree(folder, ignore_errors=True)

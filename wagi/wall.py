@@ -38,6 +38,8 @@ imported before the wall goes up: a confined thread cannot read them.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,8 @@ from wagi import landlock, scratch
 from wagi.config import Config, ModuleEntry
 from wagi.engines.base import Capabilities
 from wagi.landlock import Availability, PathRule
+
+logger = logging.getLogger("wagi")
 
 RESOLVER_FILES = (
     "/etc/hosts",
@@ -93,10 +97,19 @@ class Wall:
     def raise_here(self) -> landlock.Report:
         """Confine the calling thread (and the threads it makes) for good.
 
-        Raises :class:`~wagi.landlock.WallError`, confining nothing, if it cannot.
+        A volume that no longer exists is left out, with an error in the log: its route
+        fails (as it would without the wall) and every other route goes on. Raises
+        :class:`~wagi.landlock.WallError`, confining nothing, if it cannot confine.
         """
         _import_what_runs_need(self.outbound_http)
-        return landlock.restrict_current_thread(self.rules, deny_network=self.deny_network)
+        rules = [r for r in self.rules if r.path == self.transient or os.path.exists(r.path)]
+        if len(rules) < len(self.rules):
+            logger.error(
+                "the kernel wall leaves out what no longer exists: %s; runs that need it fail "
+                "until it exists again and the workers are reloaded (SIGHUP)",
+                ", ".join(str(r.path) for r in self.rules if r not in rules),
+            )
+        return landlock.restrict_current_thread(rules, deny_network=self.deny_network)
 
 
 def _import_what_runs_need(outbound_http: bool) -> None:
