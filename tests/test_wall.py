@@ -67,6 +67,11 @@ def test_a_module_reads_and_writes_its_own_volume(walled: tuple[Server, Path]) -
     assert (r.status_code, r.text) == (200, "inside\nOK\nhello")
     assert (root / "data" / "new.txt").read_text() == "hello"
     assert server.get("/other?hdr&readfile=/other/secret.txt").text == "another route's secret\n"
+    body = (
+        bytes(range(256)) * 8192
+    )  # 2 MiB: spooled into the worker's folder, which the wall grants
+    r = server.post("/p?hdr&cat", data=body)
+    assert (r.status_code, r.content) == (200, body)
 
 
 @needs_wasmer
