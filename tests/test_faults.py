@@ -217,10 +217,11 @@ def test_sigkill_of_a_worker_mid_request(
 # -- a module file truncated or replaced while serving --------------------------------
 
 
-def test_a_module_file_truncated_or_replaced_with_garbage_while_serving(
+def serve_a_module_file_and_another(
     engine: str, tmp_path: Path, servers: list[Server]
-) -> None:
-    """Only that route answers 500 (and the log says why) until the file is good again."""
+) -> tuple[Server, Path, bytes]:
+    """A server with ``/m`` (a copy of the probe, in ``tmp_path``) and ``/other`` (the probe):
+    the server, the copy's path and its good bytes."""
     module = tmp_path / "m.wasm"
     good = PROBE.read_bytes()
     module.write_bytes(good)
@@ -232,6 +233,14 @@ def test_a_module_file_truncated_or_replaced_with_garbage_while_serving(
     )
     servers.append(server)
     every_worker_ready(server)
+    return server, module, good
+
+
+def test_a_module_file_truncated_or_replaced_with_garbage_while_serving(
+    engine: str, tmp_path: Path, servers: list[Server]
+) -> None:
+    """Only that route answers 500 (and the log says why) until the file is good again."""
+    server, module, good = serve_a_module_file_and_another(engine, tmp_path, servers)
     get_ok(server, "/m?hdr&print=ok", b"ok\n")
     garbage = hashlib.sha256(b"garbage").digest() * 1000
     damages: dict[str, Callable[[], None]] = {
@@ -263,17 +272,7 @@ def test_a_worker_started_while_a_module_file_is_broken_still_serves(
 ) -> None:
     """A worker replaced (OOM kill, a wasmer timeout, max_requests) while a module file is
     damaged must serve the other routes, and that one once it is mended."""
-    module = tmp_path / "m.wasm"
-    good = PROBE.read_bytes()
-    module.write_bytes(good)
-    server = serve(
-        tmp_path,
-        engine,
-        f'[[module]]\nroute = "/m"\nmodule = "{module}"\n'
-        f'[[module]]\nroute = "/other"\nmodule = "{PROBE}"\n',
-    )
-    servers.append(server)
-    every_worker_ready(server)
+    server, module, good = serve_a_module_file_and_another(engine, tmp_path, servers)
     module.write_bytes(good[: len(good) // 2])
     replace_workers(server)
     time.sleep(2)  # the arbiter halts within a second of a worker failing to boot

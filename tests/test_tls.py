@@ -12,16 +12,13 @@ from .conftest import Server, env_lines, start_gunicorn, wait_until_healthy, wri
 from .nginx import self_signed_certificate
 
 
-@pytest.fixture(scope="module")
-def tls_server(
-    engine: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Server, Path]]:
-    tmp = tmp_path_factory.mktemp("tls")
+def start_tls_server(tmp: Path, engine: str, config_body: str) -> tuple[Server, Path]:
+    """gunicorn with ``--certfile``/``--keyfile`` (a fresh self-signed pair), answering:
+    the server and the certificate to trust."""
     cert, key = self_signed_certificate(tmp / "tls")
-    config = write_config(tmp, '[[module]]\nroute = "/probe/..."\nmodule = "{probe}"\n')
     server = start_gunicorn(
         tmp,
-        config,
+        write_config(tmp, config_body),
         engine,
         workers=1,
         wait=False,
@@ -33,6 +30,17 @@ def tls_server(
     except Exception:
         server.stop()
         raise
+    return server, cert
+
+
+@pytest.fixture(scope="module")
+def tls_server(
+    engine: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Path]]:
+    tmp = tmp_path_factory.mktemp("tls")
+    server, cert = start_tls_server(
+        tmp, engine, '[[module]]\nroute = "/probe/..."\nmodule = "{probe}"\n'
+    )
     yield server, cert
     server.stop()
 
@@ -72,21 +80,10 @@ def test_a_module_timing_out_over_tls(
         request.applymarker(
             pytest.mark.xfail(reason="the wasmer watchdog's 504 is not TLS", strict=True)
         )
-    cert, key = self_signed_certificate(tmp_path / "tls")
-    config = write_config(
-        tmp_path, '[[module]]\nroute = "/slow"\nmodule = "{probe}"\ntimeout = 1\n'
+    server, cert = start_tls_server(
+        tmp_path, engine, '[[module]]\nroute = "/slow"\nmodule = "{probe}"\ntimeout = 1\n'
     )
-    server = start_gunicorn(
-        tmp_path,
-        config,
-        engine,
-        workers=1,
-        wait=False,
-        gunicorn_args=("--certfile", str(cert), "--keyfile", str(key)),
-    )
-    server.url = server.url.replace("http://", "https://")
     try:
-        wait_until_healthy(server.process, server.url, server.log_path, verify=str(cert))
         r = requests.get(server.url + "/slow?hdr&loop", timeout=30, verify=str(cert))
         assert (r.status_code, r.text) == (504, "504 Gateway Timeout: the module timed out\n")
     finally:

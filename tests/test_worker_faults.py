@@ -170,14 +170,21 @@ def test_wasmtime_serves_the_gthread_worker(server_factory: Callable[..., Server
 # -- 2. a dead watchdog -------------------------------------------------------------------
 
 
-@needs_wasmer
-def test_a_worker_whose_watchdog_died_is_replaced(server_factory: Callable[..., Server]) -> None:
+def kill_the_watchdog(server_factory: Callable[..., Server]) -> tuple[Server, int, int]:
+    """A wasmer server that answered once, its watchdog then killed as an OOM kill would:
+    the server, its worker's pid and the dead watchdog's."""
     server = server_factory(PROBE_ROUTE, "wasmer", workers=1)
     assert server.get("/p?hdr&print=before").text == "before\n"
     [worker] = worker_pids(server)
     [watchdog] = [c for c in children(worker) if "wagi.watchdog" in cmdline(c)]
     os.kill(watchdog, signal.SIGKILL)
     wait_for(lambda: dead(watchdog), "the watchdog to go")
+    return server, worker, watchdog
+
+
+@needs_wasmer
+def test_a_worker_whose_watchdog_died_is_replaced(server_factory: Callable[..., Server]) -> None:
+    server, worker, watchdog = kill_the_watchdog(server_factory)
     # This worker knows it can no longer bound a module's time: it says so and goes.
     r = server.get("/healthz")
     assert (r.status_code, r.text) == (503, UNFIT)
@@ -197,12 +204,7 @@ def test_a_worker_whose_watchdog_died_is_replaced(server_factory: Callable[..., 
 def test_a_module_request_finds_the_dead_watchdog_too(
     server_factory: Callable[..., Server],
 ) -> None:
-    server = server_factory(PROBE_ROUTE, "wasmer", workers=1)
-    assert server.get("/p?hdr&print=before").text == "before\n"
-    [worker] = worker_pids(server)
-    [watchdog] = [c for c in children(worker) if "wagi.watchdog" in cmdline(c)]
-    os.kill(watchdog, signal.SIGKILL)
-    wait_for(lambda: dead(watchdog), "the watchdog to go")
+    server, _worker, _watchdog = kill_the_watchdog(server_factory)
     r = server.get("/p?hdr&print=now")
     assert (r.status_code, r.text) == (503, UNFIT)
     wait_for(lambda: len(worker_pids(server)) == 2, "a new worker")
