@@ -109,6 +109,18 @@ def test_absolute_paths_past_wasmers_wasi_layer_meet_the_wall(
     assert "a confined thread is up" in server.log()
 
 
+def probe_routes(volumes: dict[str, Path | None]) -> str:
+    """A configuration (for ``server_factory``) that runs the probe at each route, with one
+    volume of the route's own name, or none."""
+    entries = []
+    for route, host in volumes.items():
+        entry = f'[[module]]\nroute = "{route}"\nmodule = "{{probe}}"\n'
+        if host is not None:
+            entry += f'volumes = {{{{ "{route}" = "{host}" }}}}\n'
+        entries.append(entry)
+    return "\n".join(entries)
+
+
 # -- both engines ------------------------------------------------------------------------------
 
 
@@ -126,19 +138,7 @@ def test_every_route_keeps_its_own_volume_run_after_run(
         (tmp_path / name).mkdir()
         (tmp_path / name / "f.txt").write_text(f"volume {name}\n")
     server = server_factory(
-        f"""
-        [[module]]
-        route = "/a"
-        module = "{{probe}}"
-        volumes = {{{{ "/a" = "{tmp_path / "a"}" }}}}
-
-        [[module]]
-        route = "/b"
-        module = "{{probe}}"
-        volumes = {{{{ "/b" = "{tmp_path / "b"}" }}}}
-        """,
-        engine,
-        workers=1,
+        probe_routes({"/a": tmp_path / "a", "/b": tmp_path / "b"}), engine, workers=1
     )
     for _ in range(3):
         for name in ("a", "b"):
@@ -267,18 +267,7 @@ def test_a_volume_gone_fails_its_route_only(
     fails, every other route goes on (on wasmtime the wall holds every route's volumes)."""
     (tmp_path / "gone").mkdir()
     server = server_factory(
-        f"""
-        [[module]]
-        route = "/gone"
-        module = "{{probe}}"
-        volumes = {{{{ "/gone" = "{tmp_path / "gone"}" }}}}
-
-        [[module]]
-        route = "/fine"
-        module = "{{probe}}"
-        """,
-        engine,
-        workers=1,
+        probe_routes({"/gone": tmp_path / "gone", "/fine": None}), engine, workers=1
     )
     (tmp_path / "gone").rmdir()
     for _ in range(2):
