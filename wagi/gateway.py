@@ -196,8 +196,8 @@ class Gateway:
         loader: ModuleLoader,
         table: RoutingTable[Handler],
         module_log: ModuleLog,
+        sites: RunSites,
         observer: Observer | None = None,
-        sites: RunSites | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -207,7 +207,7 @@ class Gateway:
         self.observer = observer or Observer(engine.name)
         self.watchdog: Watchdog | None = None
         self.health = WorkerHealth(replace=False)
-        self.sites = sites or RunSites(engine, wall.WallPlan(wall.availability("off")), None)
+        self.sites = sites
         """The threads modules run on, behind the kernel wall (wagi.confined, wagi.wall)."""
         self.wsgi_app: Any = self.app
         if settings.trusted_proxy_hops:
@@ -266,7 +266,7 @@ class Gateway:
             metrics=metrics,
         )
         module_log = ModuleLog(settings.log_dir, json=settings.log_format == "json")
-        gateway = cls(settings, engine, loader, table, module_log, observer, sites)
+        gateway = cls(settings, engine, loader, table, module_log, sites, observer)
         gateway.watchdog = watchdog
         # A worker that can no longer run modules is replaced (wagi.worker_health).
         gateway.health = WorkerHealth(replace=serving)
@@ -347,7 +347,7 @@ class Gateway:
         try:
             with scratch.provide(invocation, handler.scratch) as invocation, body:
                 run = self.observer.timed(self.run)
-                result = run(module, invocation, client, route, observation.request_id, handler)
+                result = run(handler, module, invocation, client, route, observation.request_id)
         except Unfit:
             return error_response(503, UNFIT_MESSAGE)
         except (EngineError, OSError) as exc:
@@ -457,12 +457,12 @@ class Gateway:
 
     def run(
         self,
+        handler: Handler,
         module: Any,
         invocation: Invocation,
         client: Any,
         route: str,
         request_id: str = "",
-        handler: Handler | None = None,
     ) -> RunResult:
         """Run ``module``, under the watchdog if the engine needs one.
 
@@ -472,14 +472,14 @@ class Gateway:
         watchdog = self.watchdog
         timeout = invocation.limits.timeout
         if watchdog is None or timeout is None or not isinstance(client, socket.socket):
-            return self._run_engine(module, invocation, handler)
+            return self._run_engine(handler, module, invocation)
         try:
             watchdog.arm(client, timeout, route, request_id)
         except WatchdogGone as exc:
             self.health.unfit(str(exc))
             raise Unfit(str(exc)) from None
         try:
-            result = self._run_engine(module, invocation, handler)
+            result = self._run_engine(handler, module, invocation)
         finally:
             try:
                 watchdog.disarm()
@@ -487,12 +487,8 @@ class Gateway:
                 self.health.unfit(str(exc))
         return result
 
-    def _run_engine(
-        self, module: Any, invocation: Invocation, handler: Handler | None = None
-    ) -> RunResult:
+    def _run_engine(self, handler: Handler, module: Any, invocation: Invocation) -> RunResult:
         try:
-            if handler is None:
-                return self.engine.run(module, invocation)
             return self.sites.run(handler, module, invocation)
         except EngineBroken as exc:
             self.health.unfit(broken_engine(str(exc)))

@@ -121,7 +121,7 @@ def build_routing_table(
     settings: ServerSettings,
     *,
     tolerant: bool = False,
-    run: Callable[[Handler, LoadedModule, Invocation], RunResult] | None = None,
+    run: Callable[[Handler, LoadedModule, Invocation], RunResult],
 ) -> RoutingTable[Handler]:
     """Compile every module and collect every route, including ``_routes`` sub-routes.
 
@@ -131,10 +131,8 @@ def build_routing_table(
     would make gunicorn stop the whole server. Its ``_routes`` sub-routes wait for a restart.
 
     ``run`` runs ``_routes`` where the route's requests will run (behind the same kernel
-    wall, :class:`wagi.confined.RunSites`); by default, on this thread.
+    wall, :meth:`wagi.confined.RunSites.run`).
     """
-    if run is None:
-        run = lambda _handler, module, invocation: engine.run(module, invocation)  # noqa: E731
     try:
         global_env = global_environment(settings)
     except ConfigError as exc:
