@@ -336,7 +336,7 @@ def test_check_lists_subroutes_of_a_wat_module(tmp_path: Path) -> None:
     lines = result.stdout.decode().splitlines()[1:]
     if landlock.availability().ok:  # _routes ran behind it, like every run
         wall = lines.pop(0)
-        assert wall.startswith("  kernel wall for every module run: Landlock ABI ")
+        assert wall.startswith("  kernel wall for the worker: Landlock ABI ")
         assert "; no TCP bind or connect;" in wall
     assert [line.split() for line in lines] == [
         ["/r", "r.wat", "_start"],

@@ -28,7 +28,6 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
-from werkzeug.wrappers import Request
 
 from tests.conftest import PROBE
 from wagi.cgi_request import HIDDEN_HEADERS, build_argv, cgi_variables, raw_path_and_query
@@ -502,7 +501,7 @@ def test_cgi_variables_for_any_request(
         path = base + path
     script_name, raw_path_info = route.split(raw)
     env = cgi_variables(
-        Request(environ),
+        environ,
         raw_path=raw,
         query=raw_query,
         script_name=script_name,

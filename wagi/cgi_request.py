@@ -11,9 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, unquote
-
-from werkzeug.wrappers import Request
 
 import wagi
 
@@ -150,7 +149,7 @@ def _split_host(host: str, default_port: str) -> tuple[str, str]:
 
 
 def cgi_variables(
-    request: Request,
+    environ: Mapping[str, Any],
     *,
     raw_path: str,
     query: str,
@@ -161,12 +160,12 @@ def cgi_variables(
     default_host: str,
     request_id: str = "",
 ) -> dict[str, str]:
-    """The CGI meta-variables for a request that matched ``matched_route``.
+    """The CGI meta-variables for a request (its WSGI ``environ``) that matched
+    ``matched_route``.
 
     ``request_id`` becomes ``X_REQUEST_ID`` (see :mod:`wagi.observe`).
     """
-    environ = request.environ
-    scheme = request.scheme
+    scheme = environ.get("wsgi.url_scheme", "http")
     default_port = "443" if scheme == "https" else "80"
     host_header = environ.get("HTTP_HOST") or ""
     server_name, server_port = _split_host(host_header or default_host, default_port)
@@ -182,7 +181,7 @@ def cgi_variables(
         "REMOTE_ADDR": environ.get("REMOTE_ADDR") or "",
         "REMOTE_HOST": environ.get("REMOTE_ADDR") or "",
         "REMOTE_USER": environ.get("REMOTE_USER") or "",
-        "REQUEST_METHOD": request.method,
+        "REQUEST_METHOD": environ.get("REQUEST_METHOD", "GET").upper(),
         "REQUEST_URI": request_uri,
         "SCRIPT_NAME": script_name,
         "SERVER_NAME": server_name,

@@ -1,9 +1,12 @@
 """Where a worker's module runs happen, behind the kernel wall that :mod:`wagi.wall` plans.
 
-- An engine that streams (wasmtime) runs every module on runner threads
-  (:mod:`wagi.runner`), one pool per ``[[module]]``. With a worker wall, every
-  such thread confines itself before its first run, so every helper thread the
-  engine's WASI makes (they inherit their maker's confinement) is confined too.
+- An engine with a wall for the whole worker (wasmtime) runs modules on the
+  thread that serves the request, once a serving worker has confined itself
+  (:meth:`RunSites.confine_this_thread`, the last step of building it): every
+  thread it makes from then on, the engine's WASI helpers included, inherits the
+  wall. A process that stays unconfined (``wagi run``, ``wagi check``, start-up
+  ``_routes``) runs them on runner threads (:mod:`wagi.runner`), one pool per
+  ``[[module]]``, each confined to the same wall before its first run.
 - An engine that does not confine volumes itself (wasmer) runs each route with
   volumes on threads of its own, confined to that route's wall. Such a thread
   is set up once: it creates its own engine (wasmer-python's objects belong to
@@ -28,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wagi import landlock
 from wagi.engines import engine_class
 from wagi.engines.base import Engine, Invocation, Limits, LoadedModule, RunResult
 from wagi.engines.cache import ArtifactCache
@@ -124,6 +128,8 @@ class RunSites:
         """``announce``: log each confined thread at INFO (a server), else at DEBUG."""
         self.engine = engine
         self.plan = plan
+        self.confined_here: threading.Thread | None = None
+        """The serving thread, once the worker confined itself around it."""
         self.pools: dict[int, RunnerPool] = {}
         self.log_level = logging.INFO if announce else logging.DEBUG
         self.confined = (
@@ -131,6 +137,26 @@ class RunSites:
             if plan.routes
             else None
         )
+
+    def confine_this_thread(self) -> landlock.Report:
+        """Raise the worker's wall around the calling thread (and every thread it makes
+        from now on), for good: from then on modules run on it. Raises
+        :class:`~wagi.landlock.WallError`, confining nothing, if it cannot."""
+        assert self.plan.worker is not None
+        report = self.plan.worker.raise_here()
+        self.confined_here = threading.current_thread()
+        logger.log(self.log_level, "this worker is confined: %s", report.describe())
+        return report
+
+    def runs_here(self, handler: Handler) -> bool:
+        """Whether ``handler``'s runs may happen on the calling thread."""
+        if handler.entry.index in self.plan.routes:
+            return False  # a route with a wall of its own runs on its own threads
+        if self.plan.worker is None:
+            return True  # no wall at all, or the engine confines volumes itself
+        # Once the worker confined itself, every thread that serves a request is confined:
+        # gunicorn makes its threads (gthread) after post_worker_init, from the main thread.
+        return self.confined_here is not None
 
     def _confine_runner(self) -> None:
         assert self.plan.worker is not None
@@ -153,6 +179,8 @@ class RunSites:
         """
         if self.confined is not None and handler.entry.index in self.plan.routes:
             return self.confined.run(handler, module, invocation)
+        if self.runs_here(handler):
+            return self.engine.run(module, invocation)
         if self.engine.capabilities.streaming:
             job = self.pool_for(handler).submit(
                 functools.partial(self.engine.run, module, invocation)

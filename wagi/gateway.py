@@ -1,18 +1,24 @@
 """The WSGI application: a request in, a module run, a response out.
 
 :meth:`Gateway.create` does what can be done once per worker: choose and
-create the engine, then build the routing table (:mod:`wagi.handlers`).
-Serving a request only looks things up::
+create the engine, build the routing table (:mod:`wagi.handlers`), plan the
+kernel wall (:mod:`wagi.wall`) and, in a serving worker whose engine shares
+its I/O threads (wasmtime), raise it around the whole worker. Serving a
+request only looks things up::
 
     raw path -> routing table -> CGI request -> engine run -> CGI response -> WSGI response
 
-Nothing here knows which engine runs; it uses two engine facts. An engine that
-can *stream* runs modules on runner threads (:mod:`wagi.runner`) and writes
-stdout into a pipe: once the header block is complete the body goes to the
-client as the module writes it (small responses, complete within a few
-milliseconds, are still sent whole with a Content-Length). An engine that
-cannot stream runs the module here and the response is sent when it ends. An
-engine that cannot be *interrupted* gets a :class:`~wagi.watchdog.Watchdog`
+Where a module runs:
+
+- **on the serving thread** (wasmtime in a confined worker, or without a wall):
+  the module's stdout goes to a :class:`~wagi.streaming.ClientStream`, which
+  answers small, quick responses whole (with a Content-Length) and streams the
+  others through WSGI ``write`` as the module writes them;
+- **on a route's own confined thread** (wasmer, routes with volumes:
+  :mod:`wagi.confined`), or on a confined runner thread when this process must
+  stay unconfined (``wagi run``): the output is answered when the run ends.
+
+An engine that cannot be *interrupted* gets a :class:`~wagi.watchdog.Watchdog`
 that answers 504 when a module overruns its timeout.
 
 Each request is reported to the worker's :class:`~wagi.observe.Observer` (request
@@ -22,13 +28,12 @@ id, route, how the module ended, when it is over); logs and metrics read it ther
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import os
 import socket
 import tempfile
-from collections.abc import Iterable, Iterator
-from http import HTTPStatus
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
@@ -36,8 +41,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Request, Response
 
 from wagi import landlock, scratch, wall
-from wagi.cgi_request import build_argv, cgi_variables, raw_path_and_query
-from wagi.cgi_response import BadCgiResponse, parse_cgi_response, parse_head, split_head
+from wagi.cgi_request import cgi_variables, raw_path_and_query
+from wagi.cgi_response import BadCgiResponse, parse_cgi_response
 from wagi.config import Config
 from wagi.confined import RunSites
 from wagi.engines import create_engine
@@ -50,14 +55,15 @@ from wagi.engines.base import (
     LoadedModule,
     RunResult,
 )
-from wagi.handlers import Handler, StartupError, build_routing_table, invocation_for
+from wagi.handlers import Handler, StartupError, build_routing_table
 from wagi.loader import ModuleLoader
 from wagi.module_log import ModuleLog
 from wagi.observe import Observation, Observer
+from wagi.observe import current as current_observation
 from wagi.policy import EngineChoice, choose_engine
 from wagi.routing import RoutingTable
-from wagi.runner import Job
 from wagi.settings import ServerSettings
+from wagi.streaming import ClientStream, status_line
 from wagi.watchdog import Watchdog, WatchdogGone
 from wagi.worker_health import Unfit, WorkerHealth
 
@@ -73,47 +79,61 @@ HEALTH_PATH = "/healthz"
 TIMEOUT_MESSAGE = "the module timed out"
 UNFIT_MESSAGE = "this worker can no longer run modules and is being replaced; try again"
 
-STREAM_AFTER = 0.005
-"""Seconds a module's output is held back (see ``Invocation.stream_after``): a module
-that ends sooner is answered whole, with a Content-Length, for one thread hand-off."""
-
-HEAD_LIMIT = 64 * 1024
-"""A header block longer than this is not a valid CGI response."""
-
-_CHUNK = 256 * 1024
-
-
-class ResponseCut(Exception):
-    """Raised from a streamed body when the module failed after bytes were sent: gunicorn
-    then closes the connection, so the client sees a truncated body, never a clean end."""
-
 
 class CgiHttpResponse(Response):
     # A module that sends only ``Status: 204`` gets no invented Content-Type.
     default_mimetype = None
 
 
-def status_line(code: int, reason: str | None = None) -> str:
-    """``404`` -> ``"404 Not Found"`` (werkzeug would say ``"404 NOT FOUND"``)."""
-    if reason is None:
-        try:
-            reason = HTTPStatus(code).phrase
-        except ValueError:
-            reason = "Unknown"
-    return f"{code} {reason}"
+class Answer:
+    """A complete response, made once and served many times: a WSGI application.
+
+    Cheaper than a werkzeug ``Response`` per request (the status line and header list
+    are ready), and what every error and every small module answer is.
+    """
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.headers = [*headers, ("Content-Length", str(len(body)))]
+        self.body = body
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        start_response(self.status, list(self.headers))
+        return [self.body]
+
+    def http_bytes(self) -> bytes:
+        """As HTTP/1.1 bytes on the wire, ending the connection (for the watchdog)."""
+        head = [f"HTTP/1.1 {self.status}", *(f"{k}: {v}" for k, v in self.headers)]
+        head.append("Connection: close")
+        return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + self.body
 
 
-def error_response(status: int, message: str = "") -> Response:
+def error_response(status: int, message: str = "") -> Answer:
     """A short plain-text error: what went wrong, never the internals (those go to the log)."""
     text = status_line(status) + (f": {message}" if message else "") + "\n"
-    return Response(text, status=status_line(status), content_type="text/plain; charset=utf-8")
+    return Answer(
+        status_line(status), [("Content-Type", "text/plain; charset=utf-8")], text.encode()
+    )
 
 
-def http_bytes(response: Response) -> bytes:
+def http_bytes(response: Answer) -> bytes:
     """``response`` as HTTP/1.1 bytes on the wire, ending the connection (for the watchdog)."""
-    head = [f"HTTP/1.1 {response.status}", *(f"{k}: {v}" for k, v in response.headers.items())]
-    head.append("Connection: close")
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.get_data()
+    return response.http_bytes()
+
+
+OK = Answer("200 OK", [("Content-Type", "text/plain; charset=utf-8")], b"OK")
+NOT_FOUND = error_response(404)
+NUL_IN_PATH = error_response(400, "the path holds a NUL byte (%00)")
+UNREADABLE_BODY = error_response(400, "the request body could not be read")
+NOT_LOADED = error_response(500, "the module could not be loaded")
+NOT_STARTED = error_response(500, "the module could not be started")
+NOT_CGI = error_response(500, "the module's response was not valid CGI")
+TOO_LARGE = error_response(500, "the module's response was too large")
+FAILED = error_response(500, "the module failed")
+TIMED_OUT = error_response(504, TIMEOUT_MESSAGE)
+UNFIT = error_response(503, UNFIT_MESSAGE)
 
 
 def broken_engine(why: str) -> str:
@@ -127,6 +147,8 @@ temporary file that the module gets as its stdin file: never held whole in memor
 
 class Body:
     """A request body: small ones as bytes, large ones spooled to an unlinked file."""
+
+    __slots__ = ("data", "length", "spool")
 
     def __init__(self, data: bytes, spool: IO[bytes] | None = None, length: int = 0) -> None:
         self.data = data
@@ -147,6 +169,15 @@ class Body:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+EMPTY_BODY = Body(b"")
+
+
+def has_body(environ: WSGIEnvironment) -> bool:
+    """Whether the request announces a body (a length other than 0, or chunks)."""
+    length = environ.get("CONTENT_LENGTH")
+    return bool(length and length != "0") or "HTTP_TRANSFER_ENCODING" in environ
 
 
 def read_body(request: Request, limit: int) -> Body:
@@ -186,6 +217,12 @@ def _refuse_a_longer_chunked_body(request: Request, length: int, limit: int) -> 
         raise RequestEntityTooLarge()
 
 
+class ResponseCut(Exception):
+    """A module failed after bytes of its response were sent: the response is cut short
+    (gunicorn closes the connection), so the client sees a truncated body, never a clean
+    end. Raised from the body of a response served without a client socket (``wagi run``)."""
+
+
 class Gateway:
     """The WSGI application of one worker."""
 
@@ -198,6 +235,9 @@ class Gateway:
         module_log: ModuleLog,
         sites: RunSites,
         observer: Observer | None = None,
+        *,
+        watchdog: Watchdog | None = None,
+        health: WorkerHealth | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -205,10 +245,12 @@ class Gateway:
         self.table = table
         self.module_log = module_log
         self.observer = observer or Observer(engine.name)
-        self.watchdog: Watchdog | None = None
-        self.health = WorkerHealth(replace=False)
+        self.watchdog = watchdog
+        self.health = health or WorkerHealth(replace=False)
         self.sites = sites
-        """The threads modules run on, behind the kernel wall (wagi.confined, wagi.wall)."""
+        """Where module runs happen, behind the kernel wall (wagi.confined, wagi.wall)."""
+        self.streams = engine.capabilities.streaming
+        self._checks: dict[int, Callable[[LoadedModule], None]] = {}
         self.wsgi_app: Any = self.app
         if settings.trusted_proxy_hops:
             hops = settings.trusted_proxy_hops
@@ -222,12 +264,16 @@ class Gateway:
         choice: EngineChoice | None = None,
         *,
         serving: bool = False,
+        secrets: Sequence[Path] = (),
     ) -> Gateway:
         """Everything a worker needs to serve: engine, compiled modules, routing table.
 
         ``serving`` (a gunicorn worker) also starts the 504 watchdog when the engine
-        cannot interrupt a module, before the engine exists: nothing is spawned from a
-        process that has already compiled.
+        cannot interrupt a module, before the engine exists (nothing is spawned from a
+        process that has already compiled), and, when the engine runs modules behind one
+        wall for the whole worker, raises that wall around the calling thread and every
+        thread it makes from then on: the worker serves and runs modules confined.
+        ``secrets`` are files the worker's wall must never grant (TLS keys).
         """
         if choice is None:
             choice = choose_engine(
@@ -240,7 +286,7 @@ class Gateway:
             metrics = Metrics()
         watchdog = None
         if serving and not choice.capabilities.interruptible:
-            watchdog = Watchdog(http_bytes(error_response(504, TIMEOUT_MESSAGE)), choice.name)
+            watchdog = Watchdog(http_bytes(TIMED_OUT), choice.name)
         engine = create_engine(
             choice.name, settings.cache_dir, metrics.cache_lookup if metrics else None
         )
@@ -251,7 +297,12 @@ class Gateway:
             raise StartupError(f"the folder of transient files (scratch, bodies): {exc}") from None
         try:
             plan = wall.plan_walls(
-                engine.capabilities, config, settings.kernel_wall, settings.cache_dir
+                engine.capabilities,
+                config,
+                settings.kernel_wall,
+                settings.cache_dir,
+                transient,
+                worker=wall.WorkerNeeds.of(settings, config, secrets),
             )
         except wall.WallRefused as exc:
             raise StartupError(str(exc)) from None
@@ -266,17 +317,31 @@ class Gateway:
             metrics=metrics,
         )
         module_log = ModuleLog(settings.log_dir, json=settings.log_format == "json")
-        gateway = cls(settings, engine, loader, table, module_log, sites, observer)
-        gateway.watchdog = watchdog
         # A worker that can no longer run modules is replaced (wagi.worker_health).
-        gateway.health = WorkerHealth(replace=serving)
-        gateway.health.watch(lambda: broken_engine(engine.broken))
+        health = WorkerHealth(replace=serving)
+        health.watch(lambda: broken_engine(engine.broken))
         if watchdog is not None:
-            gateway.health.watch(watchdog.problem)
+            health.watch(watchdog.problem)
         # Spooled bodies and scratch directories go there, and the wall grants that very
-        # directory: one made again would be out of reach of the threads that run modules.
-        gateway.health.watch(lambda: scratch.folder_problem(transient))
-        return gateway
+        # directory: one made again would be out of reach of the confined worker.
+        health.watch(lambda: scratch.folder_problem(transient))
+        if serving and plan.worker is not None:
+            try:
+                sites.confine_this_thread()
+            except landlock.WallError as exc:
+                raise StartupError(f"the worker could not be confined: {exc}") from None
+            engine.seal_cache()
+        return cls(
+            settings,
+            engine,
+            loader,
+            table,
+            module_log,
+            sites,
+            observer,
+            watchdog=watchdog,
+            health=health,
+        )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         return self.wsgi_app(environ, start_response)  # type: ignore[no-any-return]
@@ -284,37 +349,42 @@ class Gateway:
     def app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         observation = self.observer.begin(environ)
         try:
-            response = self.respond(Request(environ), observation)
+            response = self.respond(environ, observation)
         except BaseException:
             self.observer.end(observation)
             raise
         return self.observer.serve(observation, response, environ, start_response)
 
-    def respond(self, request: Request, observation: Observation) -> WsgiResponse:
-        raw_path, query = raw_path_and_query(request.environ)
-        if raw_path == HEALTH_PATH and request.method in ("GET", "HEAD"):
+    def respond(self, environ: WSGIEnvironment, observation: Observation) -> WsgiResponse:
+        """The response to one request, as a WSGI application (a module run starts when it
+        is called, so that its output can go straight to the client)."""
+        raw_path, query = raw_path_and_query(environ)
+        method = environ.get("REQUEST_METHOD", "GET")
+        if raw_path == HEALTH_PATH and method in ("GET", "HEAD"):
             observation.route = HEALTH_PATH
-            if self.health.problem():
-                return error_response(503, UNFIT_MESSAGE)
-            return Response("OK", content_type="text/plain; charset=utf-8")
+            return UNFIT if self.health.problem() else OK
         if "%00" in raw_path or "\0" in raw_path:
             # PATH_INFO would hold a NUL, which no C string (argv, environment) can carry.
-            return error_response(400, "the path holds a NUL byte (%00)")
+            return NUL_IN_PATH
         match = self.table.match(raw_path)
         if match is None:
-            return error_response(404)
+            return NOT_FOUND
         if self.health.problem():
-            return error_response(503, UNFIT_MESSAGE)
-        try:
-            body = read_body(request, self.settings.max_body)
-        except RequestEntityTooLarge:
-            return error_response(413, f"the body is larger than {self.settings.max_body} bytes")
-        except BadRequest:
-            return error_response(400, "the request body could not be read")
+            return UNFIT
+        body = EMPTY_BODY
+        if has_body(environ):
+            try:
+                body = read_body(Request(environ), self.settings.max_body)
+            except RequestEntityTooLarge:
+                return error_response(
+                    413, f"the body is larger than {self.settings.max_body} bytes"
+                )
+            except BadRequest:
+                return UNREADABLE_BODY
         handler = match.handler
         route = observation.route = match.route.pattern
         cgi_env = cgi_variables(
-            request,
+            environ,
             raw_path=raw_path,
             query=query,
             script_name=match.script_name,
@@ -324,122 +394,56 @@ class Gateway:
             default_host=self.settings.default_host,
             request_id=observation.request_id,
         )
-        argv = build_argv(handler.entry.argv, match.script_name, query)
         try:
-            module = self.loader.get(handler.entry.module, functools.partial(self.check, handler))
+            module = self.loader.get(handler.entry.module, self._check_for(handler))
         except (EngineError, OSError) as exc:
+            body.close()
             logger.error("[%s] cannot load %s: %s", route, handler.entry.module, exc)
-            return error_response(500, "the module could not be loaded")
-        if self.engine.capabilities.streaming:
-            read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-            invocation = invocation_for(
-                handler,
-                argv,
-                cgi_env,
-                body.data,
-                body.path,
-                stdout_fd=write_fd,
-                stream_after=STREAM_AFTER,
-            )
-            return self.stream(handler, module, invocation, route, body, read_fd)
-        invocation = invocation_for(handler, argv, cgi_env, body.data, body.path)
-        client = request.environ.get("gunicorn.socket")
-        try:
-            with scratch.provide(invocation, handler.scratch) as invocation, body:
-                run = self.observer.timed(self.run)
-                result = run(handler, module, invocation, client, route, observation.request_id)
-        except Unfit:
-            return error_response(503, UNFIT_MESSAGE)
-        except (EngineError, OSError) as exc:
-            logger.error("[%s] cannot run %s: %s", route, handler.entry.module, exc)
-            return error_response(500, "the module could not be started")
-        self.ran(route, result)
-        return self.to_response(route, result, result.stdout, handler.limits.timeout)
+            return NOT_LOADED
+        argv = handler.argv.expand(match.script_name, query)
+        if self.streams and self.sites.runs_here(handler):
+            return _RunHere(self, handler, module, argv, cgi_env, route, body)
+        invocation = handler.invocation(argv, cgi_env, body.data, body.path)
+        return self._run_elsewhere(
+            handler, module, invocation, route, body, environ, observation.request_id
+        )
 
-    # -- streaming engines ----------------------------------------------------------
+    # -- running ---------------------------------------------------------------------
 
-    def stream(
+    def _run_elsewhere(
         self,
         handler: Handler,
-        module: Any,
+        module: LoadedModule,
         invocation: Invocation,
         route: str,
         body: Body,
-        read_fd: int,
+        environ: WSGIEnvironment,
+        request_id: str,
     ) -> WsgiResponse:
-        """Run on a runner thread; send the body as the module writes it.
-
-        ``invocation.stdout_fd`` is the write end of a pipe whose read end is ``read_fd``.
-        """
-        write_fd = invocation.stdout_fd
-        assert write_fd is not None
+        """Run where this thread waits for the whole result (a confined thread, or here
+        on an engine that cannot stream), then answer from it."""
+        client = environ.get("gunicorn.socket")
         try:
-            os.set_blocking(write_fd, False)  # the engine waits for room up to the deadline
-            run = functools.partial(
-                self.observer.timed(self.run_with_scratch), module, invocation, handler, body
-            )
-            job = self.sites.pool_for(handler).submit(run, close_fd=write_fd)
-        except landlock.WallError as exc:
-            os.close(read_fd)
-            self.wall_failed(exc)
-            return error_response(503, UNFIT_MESSAGE)
-        except BaseException:
-            os.close(read_fd)
-            raise
-        output = _PipeReader(read_fd, job)
-        timeout = handler.limits.timeout
-        try:
-            streamed, complete = output.read_head()
-            if complete:  # the module ended: held output in the result, the rest piped
-                output.close()
-                result = job.result()
-                self.ran(route, result)
-                return self.to_response(route, result, result.stdout + streamed, timeout)
-            parts = split_head(streamed)
-            try:
-                if parts is None:
-                    raise BadCgiResponse(f"no header block within the first {HEAD_LIMIT} bytes")
-                cgi = parse_head(parts[0])
-            except BadCgiResponse as exc:
-                output.abandon()
-                self.ran(route, job.result())
-                logger.error("[%s] invalid CGI response: %s", route, exc)
-                return error_response(500, "the module's response was not valid CGI")
+            with scratch.provide(invocation, handler.scratch) as provided, body:
+                run = self.observer.timed(self.run)
+                result = run(handler, module, provided, client, route, request_id)
+        except Unfit:
+            return UNFIT
         except (EngineError, OSError) as exc:
-            output.abandon()
             logger.error("[%s] cannot run %s: %s", route, handler.entry.module, exc)
-            return error_response(500, "the module could not be started")
-        except BaseException:
-            output.abandon()
-            raise
-        return _StreamedResponse(
-            self,
-            route,
-            output,
-            parts[1],
-            status_line(cgi.status, cgi.reason),
-            cgi.headers,
-            timeout,
-        )
-
-    def run_with_scratch(
-        self, module: Any, invocation: Invocation, handler: Handler, body: Body
-    ) -> RunResult:
-        """On a runner thread: the run, with the route's scratch directory (and a spooled
-        request body) for its lifetime."""
-        with scratch.provide(invocation, handler.scratch) as provided, body:
-            return self.engine.run(module, provided)
-
-    def finish_stream(
-        self, route: str, job: Job[RunResult], sent: int, timeout: float | None
-    ) -> None:
-        """After a streamed body: log how the module ended; cut the response if it failed."""
-        result = job.result()
+            return NOT_STARTED
         self.ran(route, result)
-        if result.succeeded:
-            return
-        self.log_ending(route, result, timeout)
-        raise ResponseCut(f"[{route}] {result.ending.value} after {sent} body bytes were sent")
+        return self.to_response(route, result, result.stdout, handler.limits.timeout)
+
+    def _check_for(self, handler: Handler) -> Callable[[LoadedModule], None]:
+        check = self._checks.get(id(handler))
+        if check is None:
+
+            def check(module: LoadedModule) -> None:
+                self.check(handler, module)
+
+            self._checks[id(handler)] = check
+        return check
 
     def check(self, handler: Handler, module: LoadedModule) -> None:
         """What start-up checked, for a module file loaded again while serving."""
@@ -453,7 +457,8 @@ class Gateway:
     def ran(self, route: str, result: RunResult) -> None:
         """A module run is over: the observer notes how it ended, its stderr goes to the log."""
         self.observer.ran(result)
-        self.module_log.write(route, result.stderr)
+        if result.stderr:
+            self.module_log.write(route, result.stderr)
 
     def run(
         self,
@@ -464,7 +469,8 @@ class Gateway:
         route: str,
         request_id: str = "",
     ) -> RunResult:
-        """Run ``module``, under the watchdog if the engine needs one.
+        """Run ``module`` where its route's runs happen, under the watchdog if the engine
+        needs one, and wait for the result.
 
         Raises :class:`~wagi.worker_health.Unfit` when this worker turns out unable to run
         modules (the worker is then being replaced).
@@ -527,131 +533,108 @@ class Gateway:
             logger.error("[%s] trapped: %s", route, result.detail)
 
     def to_response(
-        self, route: str, result: RunResult, stdout: bytes, timeout: float | None = None
-    ) -> Response:
+        self, route: str, result: RunResult, stdout: bytes | bytearray, timeout: float | None = None
+    ) -> Answer:
+        """The answer to a run that is over and sent nothing yet."""
         ending = result.ending
         if ending is not Ending.RETURNED:
             self.log_ending(route, result, timeout)
             if ending is Ending.TIMED_OUT:
-                return error_response(504, TIMEOUT_MESSAGE)
+                return TIMED_OUT
             if ending is Ending.OUTPUT_TOO_LARGE:
-                return error_response(500, "the module's response was too large")
-            return error_response(500, "the module failed")
+                return TOO_LARGE
+            return FAILED
         try:
-            cgi = parse_cgi_response(stdout)
+            cgi = parse_cgi_response(bytes(stdout))
         except BadCgiResponse as exc:
             logger.error("[%s] invalid CGI response: %s", route, exc)
-            return error_response(500, "the module's response was not valid CGI")
-        return CgiHttpResponse(
-            cgi.body, status=status_line(cgi.status, cgi.reason), headers=cgi.headers
-        )
+            return NOT_CGI
+        return Answer(status_line(cgi.status, cgi.reason), cgi.headers, cgi.body)
 
 
-class _PipeReader:
-    """A streaming module's stdout, read on the serving thread."""
+class _RunHere:
+    """A run on the serving thread, as a WSGI application: the module's stdout goes to the
+    client through a :class:`~wagi.streaming.ClientStream` while it runs."""
 
-    def __init__(self, fd: int, job: Job[RunResult]) -> None:
-        self.fd = fd
-        self.job = job
-        self.closed = False
-
-    def read(self) -> bytes:
-        return os.read(self.fd, _CHUNK)
-
-    def read_head(self) -> tuple[bytearray, bool]:
-        """Read until the header block is complete or the module ends.
-
-        Returns ``(output so far, complete)``; ``complete`` means the module has
-        ended (EOF). A module that ends before it streams sends nothing here at all.
-        Without ``complete``, the output holds a whole header block unless it grew
-        past :data:`HEAD_LIMIT` without one.
-        """
-        output = bytearray()
-        while split_head(output) is None:
-            if len(output) > HEAD_LIMIT:
-                return output, False
-            chunk = self.read()
-            if not chunk:
-                return output, True
-            output += chunk
-        return output, False
-
-    def abandon(self) -> None:
-        """Stop reading: the module's next write fails (EPIPE) and its run ends."""
-        self.close()
-        with contextlib.suppress(BaseException):  # reported by whoever waits for it
-            self.job.result()
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            os.close(self.fd)
-
-
-class _StreamedResponse:
-    """The WSGI body of a streamed response: status and headers first, then chunks."""
+    __slots__ = ("argv", "body", "cgi_env", "gateway", "handler", "module", "route")
 
     def __init__(
         self,
         gateway: Gateway,
+        handler: Handler,
+        module: LoadedModule,
+        argv: list[str],
+        cgi_env: dict[str, str],
         route: str,
-        output: _PipeReader,
-        body: bytes,
-        status: str,
-        headers: list[tuple[str, str]],
-        timeout: float | None,
+        body: Body,
     ) -> None:
         self.gateway = gateway
+        self.handler = handler
+        self.module = module
+        self.argv = argv
+        self.cgi_env = cgi_env
         self.route = route
-        self.output = output
-        self.first = body
-        self.status = status
-        self.headers = headers
-        self.timeout = timeout
+        self.body = body
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        return self.chunks(environ, start_response)
-
-    def chunks(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
-        """The status goes out with the first body byte: a module that fails before
-        writing one still gets a clean error response (a 504 for a timeout)."""
-        output = self.output
-        finished = False
+        gateway, route, handler = self.gateway, self.route, self.handler
+        timeout = handler.limits.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        client = environ.get("gunicorn.socket")
+        stream = ClientStream(start_response, client, deadline)  # type: ignore[arg-type]
+        observation = current_observation()
+        body = self.body
+        invocation = handler.invocation(self.argv, self.cgi_env, body.data, body.path, stream)
+        started = time.perf_counter()
         try:
-            first = self.first or output.read()
-            if not first:  # the module ended after its header block, with no body
-                output.close()
-                result = output.job.result()
-                self.gateway.ran(self.route, result)
-                finished = True
-                if not result.succeeded:
-                    error = self.gateway.to_response(self.route, result, b"", self.timeout)
-                    yield from error(environ, start_response)
-                    return
-                start_response(self.status, self.headers)
-                return
-            start_response(self.status, self.headers)
-            sent = len(first)
-            yield first
-            while chunk := output.read():
-                sent += len(chunk)
-                yield chunk
-            output.close()
-            finished = True
-            client = environ.get("gunicorn.socket")
-            try:
-                self.gateway.finish_stream(self.route, output.job, sent, self.timeout)
-            except ResponseCut:
-                if not isinstance(client, socket.socket):
-                    raise
-                # Cut the response ourselves: gunicorn's final chunk then meets a closed
-                # socket (which it ignores) instead of an exception it logs with a traceback.
-                with contextlib.suppress(OSError):
-                    client.shutdown(socket.SHUT_RDWR)
+            with body:
+                if handler.scratch is None:
+                    result = gateway._run_engine(handler, self.module, invocation)
+                else:
+                    with scratch.provide(invocation, handler.scratch) as provided:
+                        result = gateway._run_engine(handler, self.module, provided)
+        except Unfit:
+            return UNFIT(environ, start_response)
+        except (EngineError, OSError) as exc:
+            logger.error("[%s] cannot run %s: %s", route, handler.entry.module, exc)
+            if stream.started:
+                return _cut(client, ResponseCut(f"[{route}] {exc}"))
+            return NOT_STARTED(environ, start_response)
         finally:
-            if not finished:  # the client went away, or sending failed: stop the module
-                output.abandon()
-                with contextlib.suppress(BaseException):
-                    result = output.job.result()
-                    self.gateway.ran(self.route, result)
-                    self.gateway.log_ending(self.route, result, self.timeout)
+            stream.finish()
+            if observation is not None:
+                observation.run_seconds = time.perf_counter() - started
+        gateway.ran(route, result)
+        if not stream.started:
+            if stream.invalid:
+                logger.error("[%s] invalid CGI response: %s", route, stream.invalid)
+                return NOT_CGI(environ, start_response)
+            answer = gateway.to_response(route, result, stream.held, timeout)
+            return answer(environ, start_response)
+        if result.succeeded:
+            return ()
+        gateway.log_ending(route, result, timeout)
+        return _cut(
+            client, ResponseCut(f"[{route}] {result.ending.value} after {stream.sent} body bytes")
+        )
+
+
+def _cut(client: Any, exc: ResponseCut) -> Iterable[bytes]:
+    """End a response that already started, short: the client must not see a clean end."""
+    if isinstance(client, socket.socket):
+        # Cut it ourselves: gunicorn's final chunk then meets a closed socket (which it
+        # ignores) instead of an exception it logs with a traceback.
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_RDWR)
+        return ()
+    return _Raising(exc)
+
+
+class _Raising:
+    """A body that raises when read (a server without a socket, ``wagi run``, shows it)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __iter__(self) -> Iterator[bytes]:
+        raise self.exc

@@ -178,8 +178,51 @@ def timeout_problem(worker_timeout: float) -> str | None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Create this worker's engine and routing table before it accepts a request."""
+    """Create this worker's engine and routing table before it accepts a request.
+
+    Where the engine runs modules behind one wall for the whole worker, building the
+    gateway ends by confining the worker (:mod:`wagi.wall`): what it still needs from the
+    file system afterwards is opened first. TLS: the certificate and key are read once,
+    here (:func:`ssl_context`), never again, and the wall never grants them. Reopening log
+    files (SIGUSR1) needs a new worker: see :func:`_replace_on_usr1`.
+    """
     app = worker.wsgi
     start = getattr(app, "start", None)
-    if start is not None:
-        start()
+    if start is None:
+        return
+    cfg = worker.cfg
+    secrets = [Path(p) for p in (cfg.certfile, cfg.keyfile, cfg.ca_certs) if p]
+    if cfg.is_ssl:
+        from gunicorn import sock
+
+        sock.ssl_context(cfg)  # read the certificate and key now, before the wall
+    gateway = start(secrets)
+    if gateway.sites.confined_here is not None:
+        _replace_on_usr1(worker)
+
+
+_ssl_contexts: dict[int, Any] = {}
+
+
+def ssl_context(config: Any, default_ssl_context_factory: Any) -> Any:
+    """gunicorn's TLS context, made once per worker instead of once per connection: a
+    confined worker cannot read the key again (and reading it per connection costs)."""
+    pid = os.getpid()
+    context = _ssl_contexts.get(pid)
+    if context is None:
+        context = _ssl_contexts[pid] = default_ssl_context_factory()
+    return context
+
+
+def _replace_on_usr1(worker: Any) -> None:
+    """A confined worker cannot open its log files again (their folder is outside its
+    wall): on SIGUSR1 (reopen the logs) it finishes its request and exits, and gunicorn's
+    master, which reopened its own files, starts a new worker that opens them afresh."""
+
+    def handle_usr1(sig: int, frame: Any) -> None:
+        worker.alive = False
+
+    worker.handle_usr1 = handle_usr1
+    import signal
+
+    signal.signal(signal.SIGUSR1, handle_usr1)

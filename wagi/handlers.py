@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from wagi import scratch
+from wagi.cgi_request import ArgvTemplate
 from wagi.config import Config, ConfigError, ModuleEntry, Scratch, load_env_file
 from wagi.engines.base import (
     Engine,
@@ -24,6 +25,7 @@ from wagi.engines.base import (
     LoadedModule,
     Preopen,
     RunResult,
+    StdoutSink,
 )
 from wagi.landlock import WallError
 from wagi.loader import ModuleLoader
@@ -42,7 +44,11 @@ class StartupError(Exception):
 
 @dataclass(frozen=True)
 class Handler:
-    """What a route runs: a module's export, with everything fixed at start-up."""
+    """What a route runs: a module's export, with everything fixed at start-up.
+
+    A request fills in only what varies: :meth:`invocation` puts its argv, CGI variables
+    and body beside what is fixed here.
+    """
 
     entry: ModuleEntry
     entrypoint: str
@@ -53,6 +59,33 @@ class Handler:
     outbound: OutboundPolicy
     scratch: Scratch | None
     """A private directory per request (``tmp``), made by :func:`wagi.scratch.provide`."""
+
+    @property
+    def argv(self) -> ArgvTemplate:
+        """How a request's argv is built (``argv`` in modules.toml)."""
+        return self.entry.argv
+
+    def invocation(
+        self,
+        argv: list[str],
+        cgi_env: Mapping[str, str],
+        stdin: bytes,
+        stdin_file: str | None = None,
+        stdout: StdoutSink | None = None,
+    ) -> Invocation:
+        """One run of this handler: the request's part beside the route's fixed part."""
+        env = self.environment
+        return Invocation(
+            self.entrypoint,
+            argv,
+            {**env, **cgi_env} if env else cgi_env,
+            stdin,
+            stdin_file,
+            self.preopens,
+            self.limits,
+            stdout,
+            self.outbound,
+        )
 
 
 def global_environment(settings: ServerSettings) -> dict[str, str]:
@@ -165,7 +198,7 @@ def build_routing_table(
             continue
         listing = dataclasses.replace(parent, entrypoint=ROUTES_EXPORT)
         try:
-            with scratch.provide(invocation_for(listing, [entry.route], {}, b""), entry.tmp) as inv:
+            with scratch.provide(listing.invocation([entry.route], {}, b""), entry.tmp) as inv:
                 result = run(listing, module, inv)
         except (EngineError, scratch.ScratchError, WallError) as exc:
             raise StartupError(f"{where}: running _routes failed: {exc}") from None
@@ -176,27 +209,3 @@ def build_routing_table(
             handler = make_handler(entry, export, global_env, settings)
             routes.append(Route(pattern, handler, (entry.index, number)))
     return RoutingTable(routes)
-
-
-def invocation_for(
-    handler: Handler,
-    argv: list[str],
-    cgi_env: Mapping[str, str],
-    stdin: bytes,
-    stdin_file: str | None = None,
-    *,
-    stdout_fd: int | None = None,
-    stream_after: float = 0.0,
-) -> Invocation:
-    return Invocation(
-        entrypoint=handler.entrypoint,
-        argv=argv,
-        env={**handler.environment, **cgi_env},
-        stdin=stdin,
-        stdin_file=stdin_file,
-        stdout_fd=stdout_fd,
-        stream_after=stream_after,
-        preopens=handler.preopens,
-        limits=handler.limits,
-        outbound=handler.outbound,
-    )

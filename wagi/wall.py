@@ -1,17 +1,23 @@
-"""The kernel wall around the threads that run modules: planned once, from the configuration.
+"""The kernel wall around the code that runs modules: planned once, from the configuration.
 
 The WebAssembly sandbox is the first wall around a module; Linux Landlock
 (:mod:`wagi.landlock`) is the second, below it. This module decides what the
-threads that run modules may reach on the host, from ``modules.toml`` and what
+code that runs modules may reach on the host, from ``modules.toml`` and what
 the engine says of itself (:class:`~wagi.engines.base.Capabilities`):
 
 - An engine whose file I/O runs on **process-wide helper threads**
   (``shared_io_threads``, wasmtime): those threads carry the confinement of the
   thread that made them, whichever route that was. A wall per route cannot hold
-  there, so *every* thread that runs modules in the worker gets the same wall:
-  the volumes of all routes (a path read-write in one route is read-write).
-  Keeping each route to its own volumes stays the engine's job, which wasmtime
-  does in the kernel too (``openat2`` with ``RESOLVE_BENEATH``).
+  there, so the **whole worker** is confined once it is prepared, and runs
+  modules on the thread that serves the request: one wall with the volumes of
+  all routes (a path read-write in one route is read-write) and what the worker
+  itself still needs (:class:`WorkerNeeds`). Inside one process a wall on a few
+  threads keeps out little more (threads share memory and file descriptors: a
+  module that escaped the sandbox could act through the serving thread); see
+  docs/security.md. Keeping each route to its own volumes stays the engine's
+  job, which wasmtime does in the kernel too (``openat2`` with
+  ``RESOLVE_BENEATH``). A process that must stay unconfined (``wagi run``,
+  ``wagi check``) runs modules on runner threads behind the same wall.
 - An engine that **does not confine volumes** itself (wasmer): each
   ``[[module]]`` with volumes runs on threads of its own, confined to that
   route's volumes (:mod:`wagi.confined`). Without the wall, such an engine maps
@@ -24,9 +30,13 @@ Besides volumes a confined thread reaches only what a run needs:
 - for routes with outbound HTTP: the resolver's files, read-only, and TCP
   connections (denied otherwise). TLS trust is loaded before the wall goes up.
 
-Never the compiled-artifact cache (native code other workers load), never
-``modules.toml``, wagi's code, its logs or any other file. Python modules are
-imported before the wall goes up: a confined thread cannot read them.
+and, for a whole confined worker, what the worker itself still needs after it is
+prepared: read-only, the Python installation (code it may still import) and the
+module files (so a replaced file is picked up); read-write, the log directory of
+module stderr and the metrics directory. Never the compiled-artifact cache (native
+code other workers load), never ``modules.toml``, an env file, a TLS key or any other
+file: a folder that holds one of those is never granted whole (a module file there is
+granted alone).
 
 ``--kernel-wall`` chooses: ``auto`` (up wherever the kernel has Landlock),
 ``required`` (refuse to start without it) or ``off``::
@@ -40,14 +50,16 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wagi import landlock, scratch
-from wagi.config import Config, ModuleEntry
+from wagi.config import Config, LocalModule, ModuleEntry
 from wagi.engines.base import Capabilities
 from wagi.landlock import Availability, PathRule
+from wagi.settings import ServerSettings
 
 logger = logging.getLogger("wagi")
 
@@ -123,19 +135,81 @@ def _import_what_runs_need(outbound_http: bool) -> None:
 
 
 @dataclass(frozen=True)
+class WorkerNeeds:
+    """What a confined worker itself must still reach, beside what its modules need."""
+
+    code: tuple[Path, ...] = ()
+    """Read-only: the Python installation and packages it may still import from."""
+    modules: tuple[Path, ...] = ()
+    """Read-only: module files, or their folders where nothing secret lives there."""
+    writable: tuple[Path, ...] = ()
+    """Read-write: where logs and metrics still create files."""
+
+    @classmethod
+    def of(
+        cls, settings: ServerSettings, config: Config, secrets: Iterable[Path] = ()
+    ) -> WorkerNeeds:
+        """Planned from the settings and ``modules.toml``; nothing in ``secrets`` (nor the
+        configuration, the env file or the artifact cache) is ever granted."""
+        never = [config.path, *secrets]
+        if settings.env_file is not None:
+            never.append(settings.env_file)
+        if settings.cache_dir is not None:
+            never.append(settings.cache_dir)
+        hidden = [Path(os.path.abspath(p)) for p in never]
+
+        def safe(folder: Path) -> bool:
+            return not any(p == folder or p.is_relative_to(folder) for p in hidden)
+
+        code: list[Path] = []
+        import wagi
+
+        candidates = [Path(wagi.__file__).parent, *(Path(p) for p in sys.path if p)]
+        for path in candidates:
+            folder = Path(os.path.abspath(path))
+            if folder.is_dir() and safe(folder) and folder not in code:
+                code.append(folder)
+        modules: list[Path] = []
+        for entry in config.modules:
+            if not isinstance(entry.module, LocalModule):
+                continue  # pulled into the cache by digest: it never changes
+            file = Path(os.path.abspath(entry.module.path))
+            folder = file.parent
+            granted = folder if safe(folder) else file
+            if granted not in modules:
+                modules.append(granted)
+        writable: list[Path] = []
+        if settings.log_dir is not None:
+            writable.append(Path(os.path.abspath(settings.log_dir)))
+        metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if metrics_dir and settings.metrics_bind:
+            writable.append(Path(os.path.abspath(metrics_dir)))
+        return cls(tuple(code), tuple(modules), tuple(writable))
+
+    def rules(self) -> list[PathRule]:
+        return [
+            *(PathRule(p, True) for p in self.writable),
+            *(PathRule(p) for p in self.code),
+            *(PathRule(p) for p in self.modules),
+        ]
+
+
+@dataclass(frozen=True)
 class WallPlan:
     """Where the wall stands in one worker."""
 
     available: Availability
     worker: Wall | None = None
-    """The wall of every thread that runs modules (an engine with shared I/O threads)."""
+    """The wall of the whole worker (an engine with shared I/O threads), raised around the
+    serving thread once the worker is prepared, or around runner threads in a process
+    that stays unconfined."""
     routes: Mapping[int, Wall] = field(default_factory=dict)
     """Walls of the ``[[module]]`` entries (by index) that run on threads of their own."""
 
     def describe(self, config: Config) -> list[str]:
         """Lines for ``wagi check`` and the start-up log."""
         if self.worker is not None:
-            return [f"kernel wall for every module run: {self.worker.describe(self.available)}"]
+            return [f"kernel wall for the worker: {self.worker.describe(self.available)}"]
         lines = [
             f"kernel wall for {entry.route}: {self.routes[entry.index].describe(self.available)}"
             for entry in config.modules
@@ -152,13 +226,15 @@ def plan_walls(
     setting: str,
     cache_dir: Path | None,
     transient: Path | None = None,
+    worker: WorkerNeeds | None = None,
 ) -> WallPlan:
     """The walls of a worker whose engine has ``capabilities``.
 
     ``transient`` is the worker's folder of transient files (by default
-    :func:`wagi.scratch.worker_folder`, made now). Raises :class:`WallRefused` when
-    ``--kernel-wall required`` meets a kernel without Landlock, or a volume would let
-    modules write the artifact cache.
+    :func:`wagi.scratch.worker_folder`, made now); ``worker`` what a whole confined
+    worker itself still needs (granted only where the whole worker is confined). Raises
+    :class:`WallRefused` when ``--kernel-wall required`` meets a kernel without Landlock,
+    or a volume would let modules write the artifact cache.
     """
     available = availability(setting)
     if setting == "required" and not available.ok:
@@ -169,16 +245,19 @@ def plan_walls(
     if transient is None:
         transient = scratch.worker_folder()
     if capabilities.shared_io_threads:
-        return WallPlan(available, worker=_wall(config.modules, transient))
+        extra = worker.rules() if worker is not None else []
+        return WallPlan(available, worker=_wall(config.modules, transient, extra))
     if capabilities.volumes:
         return WallPlan(available)  # the engine confines volumes; runs stay where they are
     walled = {e.index: _wall([e], transient) for e in config.modules if e.volumes}
     return WallPlan(available, routes=walled)
 
 
-def _wall(entries: Iterable[ModuleEntry], transient: Path) -> Wall:
+def _wall(entries: Iterable[ModuleEntry], transient: Path, extra: Iterable[PathRule] = ()) -> Wall:
     entries = list(entries)
     access: dict[Path, bool] = {transient: True}
+    for rule in extra:
+        access[rule.path] = access.get(rule.path, False) or rule.writable
     for entry in entries:
         for volume in entry.volumes:
             access[volume.host_path] = access.get(volume.host_path, False) or not volume.read_only

@@ -13,7 +13,8 @@ the digests its tags resolved to (:mod:`wagi.sources`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wagi import settings as wagi_settings
@@ -33,7 +34,8 @@ class WagiApp:
         self.config = config
         self.gateway: Gateway | None = None
 
-    def start(self) -> Gateway:
+    def start(self, secrets: Sequence[Path] = ()) -> Gateway:
+        """Build this worker's gateway (once); ``secrets`` are files its wall never grants."""
         if self.gateway is None:
             gunicorn_log = logging.getLogger("gunicorn.error")
             wagi_log = logging.getLogger("wagi")
@@ -42,7 +44,7 @@ class WagiApp:
                 wagi_log.setLevel(gunicorn_log.level)
                 wagi_log.propagate = False
             config = resolve_modules(self.config, self.settings.cache_dir, pins_from_environ())
-            self.gateway = Gateway.create(self.settings, config, serving=True)
+            self.gateway = Gateway.create(self.settings, config, serving=True, secrets=secrets)
         return self.gateway
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:

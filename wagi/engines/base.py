@@ -25,12 +25,37 @@ from typing import TYPE_CHECKING, ClassVar
 if TYPE_CHECKING:
     from wagi.outbound_http import OutboundPolicy
 
-HOLD_LIMIT = 256 * 1024
-"""stdout bytes held back before a streaming run starts writing to ``stdout_fd``."""
-
 STDERR_LIMIT = 1 << 20
 """Bytes of a run's stderr kept for the log, on every engine: a hostile module must not
 fill the worker's memory through stderr. The rest is dropped, with a note saying so."""
+
+
+class OutputGone(Exception):
+    """Raised by a :class:`StdoutSink` when its bytes can no longer be delivered (the reader
+    went away): the run ends as :attr:`Ending.CANCELLED`."""
+
+
+class OutputTimedOut(Exception):
+    """Raised by a :class:`StdoutSink` that waited for its reader until the run's deadline:
+    the run ends as :attr:`Ending.TIMED_OUT`."""
+
+
+class StdoutSink(abc.ABC):
+    """Where a run's stdout goes while the module writes it, on the thread that runs it.
+
+    The engine hands over every byte the module writes to stdout, in order, within
+    ``Limits.max_output``; the sink may hold bytes back, pass them on, wait for its reader
+    (raising :class:`OutputTimedOut` at the deadline) or give up (:class:`OutputGone`).
+    Nothing here knows what the bytes mean.
+    """
+
+    @abc.abstractmethod
+    def write(self, data: memoryview) -> None:
+        """The module wrote ``data`` (valid only during this call: copy what you keep)."""
+
+    def tick(self) -> None:  # noqa: B027
+        """Called now and then while the module computes (about every engine tick), so
+        held bytes can go out on time; may raise like :meth:`write`."""
 
 
 class EngineError(Exception):
@@ -78,14 +103,10 @@ class Invocation:
     so it is never held whole in memory); a path the engine may open."""
     preopens: Sequence[Preopen] = ()
     limits: Limits = Limits()
-    stdout_fd: int | None = None
-    """Where stdout goes while the module runs (a pipe the caller reads). Output is
-    held back until the run has lasted ``stream_after`` seconds or holds
-    :data:`HOLD_LIMIT` bytes, then everything goes to ``stdout_fd`` as it is written;
-    a run that ends before that returns its output in :attr:`RunResult.stdout`, and
-    the pipe only sees EOF. ``None`` keeps all of it in :attr:`RunResult.stdout`.
-    Engines without :attr:`Capabilities.streaming` ignore it."""
-    stream_after: float = 0.0
+    stdout: StdoutSink | None = None
+    """Where stdout goes as the module writes it; ``None`` keeps all of it in
+    :attr:`RunResult.stdout`. Engines without :attr:`Capabilities.streaming` ignore it
+    (the caller then finds the output in the result)."""
     outbound: OutboundPolicy | None = None
     """Outbound HTTP (``wasi_experimental_http``) for this run; ``None`` denies every request."""
 
@@ -104,7 +125,7 @@ class Ending(enum.Enum):
     OUTPUT_TOO_LARGE = "output too large"
     """The module wrote more than ``Limits.max_output`` bytes to stdout."""
     CANCELLED = "cancelled"
-    """Its stdout could no longer be delivered (``stdout_fd`` closed by the reader)."""
+    """Its stdout could no longer be delivered (the sink's reader went away)."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +160,7 @@ class Capabilities:
     """The engine may be used from any thread, and from several at once. An engine that is
     not may only be used on the thread that created it (wasmer-python's objects)."""
     streaming: bool = False
-    """stdout reaches ``Invocation.stdout_fd`` while the module runs (not only at its end)."""
+    """stdout reaches ``Invocation.stdout`` while the module runs (not only at its end)."""
     outbound_http: bool = False
     """Binds the ``wasi_experimental_http`` host functions (:mod:`wagi.outbound_http`)."""
     write_budget: bool = False
@@ -182,6 +203,13 @@ class Engine(abc.ABC):
 
         Raises :class:`EngineError` if ``module`` can never run under ``limits``.
         """
+
+    def seal_cache(self) -> None:
+        """Never touch the artifact cache again: this process is confined and may neither
+        read it nor write it (a module file replaced on disk is compiled in memory)."""
+        cache = getattr(self, "_cache", None)
+        if cache is not None:
+            cache.seal()
 
     @property
     def broken(self) -> str:

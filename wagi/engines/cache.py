@@ -48,6 +48,10 @@ class ArtifactCache:
         self._write_failed = False
         self.on_lookup = on_lookup
 
+    def seal(self) -> None:
+        """From now on neither read nor write (a confined worker cannot reach the cache)."""
+        self.directory = None
+
     def _path(self, engine: str, version: str, digest: str) -> Path:
         assert self.directory is not None
         return self.directory / f"{engine}-{version}" / f"{digest}.bin"

@@ -47,7 +47,6 @@ from __future__ import annotations
 import ctypes
 import importlib.metadata
 import os
-import select
 import struct
 import threading
 import time
@@ -70,7 +69,6 @@ from wagi.outbound_http import (
 
 from . import wasmtime_capi as capi
 from .base import (
-    HOLD_LIMIT,
     STDERR_LIMIT,
     Capabilities,
     Ending,
@@ -79,6 +77,8 @@ from .base import (
     Invocation,
     Limits,
     LoadedModule,
+    OutputGone,
+    OutputTimedOut,
     RunResult,
     read_module,
 )
@@ -179,18 +179,16 @@ class _Run:
         "engine",
         "file_written",
         "forwarder",
-        "holding",
         "max_output",
         "max_write",
         "memory",
         "outbound",
         "outbound_policy",
+        "sink",
         "stderr",
         "stderr_dropped",
         "stdout",
-        "stdout_fd",
         "stopped",
-        "stream_at",
         "streams",
         "written",
     )
@@ -205,10 +203,8 @@ class _Run:
     ) -> None:
         self.engine = engine
         self.ctx = ctx
-        self.stdout_fd = invocation.stdout_fd
-        self.holding = invocation.stdout_fd is not None
-        """Output is held in ``stdout`` until the run is old or big enough to stream."""
-        self.stream_at = time.monotonic() + invocation.stream_after
+        self.sink = invocation.stdout
+        """Where stdout goes as it is written; ``None``: into ``stdout``."""
         self.stdout = bytearray()
         self.written = 0
         self.max_output = invocation.limits.max_output
@@ -350,18 +346,6 @@ class _Run:
         ctypes.c_uint32.from_address(base + nwritten).value = total
         return 0
 
-    def wait_for_room(self) -> None:
-        """Wait until the stdout pipe takes bytes again, but never past the deadline."""
-        assert self.stdout_fd is not None
-        poller = select.poll()
-        poller.register(self.stdout_fd, select.POLLOUT)
-        while True:
-            wait = None if self.deadline is None else self.deadline - time.monotonic()
-            if wait is not None and wait <= 0:
-                raise _Stop(Ending.TIMED_OUT, "still waiting for the client to take its output")
-            if poller.poll(None if wait is None else max(1, int(wait * 1000))):
-                return
-
     def deliver(self, address: int, length: int) -> None:
         """Send ``length`` stdout bytes at ``address`` to the sink, within the output limit."""
         limit = self.max_output
@@ -369,43 +353,34 @@ class _Run:
         if over:
             assert limit is not None
             length = limit - self.written
-        if self.stdout_fd is None or self.holding:
+        sink = self.sink
+        if sink is None:
             self.stdout += ctypes.string_at(address, length)
-            if self.holding and (
-                len(self.stdout) >= HOLD_LIMIT or time.monotonic() >= self.stream_at
-            ):
-                self.start_streaming()
         else:
-            self.send(memoryview((ctypes.c_char * length).from_address(address)).cast("B"))
+            try:
+                sink.write(memoryview((ctypes.c_char * length).from_address(address)).cast("B"))
+            except OutputGone as exc:  # the reader went away (client gone, response cut)
+                raise _Stop(Ending.CANCELLED, f"stdout: {exc}") from None
+            except OutputTimedOut as exc:
+                raise _Stop(Ending.TIMED_OUT, str(exc)) from None
         self.written += length
         if over:
             raise _Stop(Ending.OUTPUT_TOO_LARGE)
 
-    def start_streaming(self) -> None:
-        """From now on stdout goes to ``stdout_fd``, starting with what was held."""
-        self.holding = False
-        held, self.stdout = self.stdout, bytearray()
-        self.send(memoryview(held))
-
-    def send(self, view: memoryview) -> None:
-        assert self.stdout_fd is not None
-        while view:
-            try:
-                view = view[os.write(self.stdout_fd, view) :]
-            except BlockingIOError:  # the reader is behind (a slow client): wait
-                self.wait_for_room()
-            except OSError as exc:  # the reader went away (client gone, response cut)
-                raise _Stop(Ending.CANCELLED, f"stdout: {exc.strerror}") from None
-
     def on_tick(self) -> None:
-        """Every epoch tick while the guest computes: the deadline, and held output."""
+        """Every epoch tick while the guest computes: the deadline, and the sink's tick."""
         now = time.monotonic()
         if self.stopped is not None:  # by another thread (outbound HTTP's deadline)
             raise _Stop(self.stopped, self.detail)
         if self.deadline is not None and now > self.deadline:
             raise _Stop(Ending.TIMED_OUT)
-        if self.holding and now >= self.stream_at and self.stdout:
-            self.start_streaming()
+        if self.sink is not None:
+            try:
+                self.sink.tick()
+            except OutputGone as exc:
+                raise _Stop(Ending.CANCELLED, f"stdout: {exc}") from None
+            except OutputTimedOut as exc:
+                raise _Stop(Ending.TIMED_OUT, str(exc)) from None
 
 
 def _deadline_callback(local: threading.local) -> Any:
@@ -931,8 +906,8 @@ class WasmtimeEngine(Engine):
             deadline: float | None = None
             if limits.timeout is not None:
                 deadline = time.monotonic() + limits.timeout
-            if deadline is not None or invocation.stdout_fd is not None:
-                # Every tick: the deadline checked, held output sent (see _Run.on_tick).
+            if deadline is not None or invocation.stdout is not None:
+                # Every tick: the deadline checked, the sink ticked (see _Run.on_tick).
                 lib.wasmtime_store_epoch_deadline_callback(
                     store, self._on_deadline, None, capi.NO_FINALIZER
                 )
