@@ -1,4 +1,4 @@
-"""The CGI response parser (SPEC section 5), byte for byte."""
+"""The CGI response parser (docs/cgi.md, 'The response'), byte for byte."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The conformance suite: SPEC sections 3-6 end to end, through gunicorn, on every engine.
+"""The conformance suite: the documented contract end to end, through gunicorn, on every engine.
+
+What it checks is written in docs/configuration.md ('Routing'), docs/cgi.md (the request,
+the response, streaming, framing) and docs/security.md (isolation and faults).
 
 Each engine available on this Python gets one real gunicorn server (one worker,
 so consecutive requests share a process and any leak between them shows) and
@@ -97,7 +100,7 @@ def head_and_body(raw: bytes) -> tuple[str, dict[str, list[str]], bytes]:
     return lines[0], headers, body
 
 
-# --- SPEC 3: routing --------------------------------------------------------------------
+# --- routing (docs/configuration.md, 'Routing') ------------------------------------------
 
 
 def test_healthz_comes_before_every_module(server: Server) -> None:
@@ -150,7 +153,7 @@ def test_declared_exact_route_beats_a_subroute_prefix(server: Server) -> None:
     assert r.text == "probe\n"
 
 
-# --- SPEC 4: the CGI request -----------------------------------------------------------
+# --- the CGI request (docs/cgi.md, 'The request') ----------------------------------------
 
 
 def test_full_environment_exact(server: Server) -> None:
@@ -277,7 +280,7 @@ def test_unread_stdin_never_reaches_the_next_request(server: Server) -> None:
         assert third.content == b""
 
 
-# --- SPEC 5: the CGI response ----------------------------------------------------------
+# --- the CGI response (docs/cgi.md, 'The response') --------------------------------------
 
 
 def cgi(server: Server, response: bytes) -> tuple[str, dict[str, list[str]], bytes]:
@@ -404,7 +407,7 @@ def test_head_request_has_no_body(server: Server) -> None:
     assert r.headers["Content-Length"] == "14"
 
 
-# --- SPEC 6: isolation and faults ------------------------------------------------------
+# --- isolation and faults (docs/security.md) ---------------------------------------------
 
 
 def test_timeout_is_504_and_the_server_keeps_serving(server: Server) -> None:

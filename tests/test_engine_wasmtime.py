@@ -1,7 +1,7 @@
 """The wasmtime engine against real modules (small WAT programs), no mocks.
 
 Each test writes a module to ``tmp_path`` and runs it through the engine the
-way the CGI layer does, checking the bytes and endings the SPEC promises.
+way the CGI layer does, checking the bytes and endings docs/cgi.md promises.
 """
 
 from __future__ import annotations

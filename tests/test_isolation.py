@@ -1,4 +1,4 @@
-"""Volumes, read-only volumes, escapes and memory limits (SPEC section 6), through gunicorn.
+"""Volumes, read-only volumes, escapes and memory limits (docs/security.md), through gunicorn.
 
 Engines that cannot honour a setting refuse it at start-up (see test_cli); these
 tests run on every engine that accepts the configuration.

@@ -1,4 +1,4 @@
-"""Route matching: the most specific route wins (SPEC section 3)."""
+"""Route matching: the most specific route wins (docs/configuration.md, 'Routing')."""
 
 from __future__ import annotations
 

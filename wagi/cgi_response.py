@@ -16,7 +16,7 @@ headers before the body is complete::
     >>> split_head(b"Content-Type: text/plain\n") is None
     True
 
-The rules (SPEC section 5): headers end at the first empty line, LF or CRLF;
+The rules (docs/cgi.md, 'The response'): headers end at the first empty line, LF or CRLF;
 carriage returns inside the header block are ignored; the body is passed
 through byte for byte. ``Status: NNN [reason]`` sets the status and always wins;
 ``Location`` without ``Status`` means 302. Only a final status (200-599)

@@ -4,7 +4,7 @@ Modules are CPU-bound and a sync worker runs one at a time, so the pool is
 sized to the cores; gunicorn's own timeout is a backstop well above wagi's
 per-module timeout (which answers 504 itself).
 
-The hooks keep engines out of the master (SPEC section 1): ``on_starting``
+The hooks keep engines out of the master (docs/engines.md, 'Fork safety'): ``on_starting``
 (and ``on_reload``, for SIGHUP) checks the configuration and compiles every
 module in a separate, freshly started process (``wagi check``), filling the
 shared artifact cache and pulling modules from OCI registries;

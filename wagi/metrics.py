@@ -8,7 +8,7 @@ gunicorn hooks (:mod:`wagi.gunicorn_conf`) do the rest, in the master:
   ``PROMETHEUS_MULTIPROC_DIR`` (before any process imports prometheus_client,
   which reads it once, at import) and starts the process that serves
   ``/metrics`` on its own port: ``python -m wagi.metrics HOST:PORT``, freshly
-  started (never a bare fork: see SPEC section 1), only reading that directory,
+  started (never a bare fork: docs/engines.md, 'Fork safety'), only reading that directory,
   and ending when the master does (its stdin is a pipe from the master);
 - ``pre_fork`` and ``child_exit``: workers started and ended (a restart is one
   of each), and ``mark_process_dead`` as the multiprocess docs ask;

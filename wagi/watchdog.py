@@ -2,7 +2,7 @@
 
 wasmer-python holds the GIL while a module runs and offers no way to stop it,
 so no thread of the worker can act on a timeout. The watchdog is a separate,
-freshly exec'd process (never a bare fork: see SPEC section 1) that each worker
+freshly exec'd process (never a bare fork: docs/engines.md, 'Fork safety') that each worker
 starts once. Before a run the worker hands it a duplicate of the client socket
 and a deadline; after the run it takes them back. If the deadline passes first,
 the watchdog answers the client on that socket and kills the worker; gunicorn's

@@ -11,7 +11,8 @@ How the pieces fit, and why:
   ~180 µs of wasmtime-py's classes.
 - stdout/stderr: wasmtime's WASI ``fd_write`` writes only the first buffer of
   a vectored write (a legal short write that some toolchains do not retry),
-  and the SPEC wants every byte. wagi's own ``fd_write`` copies *all* buffers,
+  and wagi delivers every byte (docs/cgi.md, 'Whose bytes go where'; the
+  trap: docs/engines.md, 'wasmtime'). wagi's own ``fd_write`` copies *all* buffers,
   straight from guest memory into the run's sink: a pipe the gateway streams
   from (``Invocation.stdout_fd``) or a buffer. It is a raw C callback (about
   3-5 µs a write). Writing to a WASI stdout *file* instead would cost no
