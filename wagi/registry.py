@@ -27,6 +27,10 @@ out with the answer to the last challenge, if any. A ``401`` names the scheme in
 Credentials are looked up only when a registry asks (:func:`find_credentials`),
 so registries that do not ask never see them. A second ``401`` is an
 :class:`AuthError` saying where the refused credentials came from.
+
+**Why not** ``oras`` **from PyPI**: it verifies no digest, fixes Basic or token
+authentication when its client is created, retries every failure for 131 s and
+reduces the registry's errors to ``ValueError``; ``docs/oci.md`` has the details.
 """
 
 from __future__ import annotations
