@@ -93,7 +93,7 @@ def digest(*parts: Path | str | bytes) -> str:
     return h.hexdigest()[:16]
 
 
-def cached(name: str, key: str, build: Callable[[Path], None]) -> Path:
+def cached(name: str, key: str, build: Callable[[Path], object]) -> Path:
     """``cache/<key>-<name>``, built by ``build(path)`` the first time."""
     final = cache_dir() / f"{key}-{name}"
     if final.exists():

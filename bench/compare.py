@@ -1144,7 +1144,7 @@ def targets(
 
 def stream_growth_kib(result: dict[str, Any]) -> int:
     """A worker's peak RSS growth over a 1 GiB response: the larger of its two requests."""
-    return max(result["rss_peak_growth_kib"], result.get("first_rss_peak_growth_kib", 0))
+    return int(max(result["rss_peak_growth_kib"], result.get("first_rss_peak_growth_kib", 0)))
 
 
 def target_table(rows: list[Target]) -> list[str]:
@@ -1403,8 +1403,10 @@ def running(entries: list[Entry], unavailable: dict[str, str]) -> Iterator[None]
                 if not entry.optional:
                     raise
                 reason = str(exc).strip().splitlines()
-                tail = [line for line in entry.server.log_tail(200).splitlines() if line.strip()]
-                why = next((line for line in tail if "rror" in line), tail[-1] if tail else "")
+                logged = [line for line in entry.server.log_tail(200).splitlines() if line.strip()]
+                why = next(
+                    (line for line in logged if "rror" in line), logged[-1] if logged else ""
+                )
                 unavailable[entry.label] = f"{reason[0] if reason else exc}; log: {why}"[:400]
                 print(f"  {entry.label}: not available: {unavailable[entry.label]}")
                 entry.server.stop()
@@ -1451,6 +1453,7 @@ def make_entry(
     tmp: Path,
     access: bool,
 ) -> Entry | None:
+    server: Contender
     if name == "wsgi":
         server = GunicornServer(
             "auto", args.workers, tmp, app="plain_wsgi:app", python=main["path"], access_log=access
