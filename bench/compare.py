@@ -981,7 +981,7 @@ def targets(
         return by.get((server, scenario.label, c, mode))
 
     def why_missing(*keys: str) -> str:
-        return next((f"not available: {unavailable[k]}" for k in keys if k in unavailable), "")
+        return next((unavailable[k][:160] for k in keys if k in unavailable), "")
 
     for mode in modes:
         for c in concurrencies:
@@ -1092,7 +1092,7 @@ def targets(
                 Target(
                     16,
                     f"componentize-py hello, engine run in-process <= {TARGET_COMPONENT_MS:g} ms",
-                    reason[:200],
+                    reason[:160],
                     "not available",
                 )
             )
@@ -1407,8 +1407,8 @@ def running(entries: list[Entry], unavailable: dict[str, str]) -> Iterator[None]
                 why = next(
                     (line for line in logged if "rror" in line), logged[-1] if logged else ""
                 )
-                unavailable[entry.label] = f"{reason[0] if reason else exc}; log: {why}"[:400]
-                print(f"  {entry.label}: not available: {unavailable[entry.label]}")
+                unavailable[entry.key] = f"{reason[0] if reason else exc}; log: {why}"[:400]
+                print(f"  {entry.label}: not available: {unavailable[entry.key]}")
                 entry.server.stop()
                 entries.remove(entry)
         yield
@@ -1519,7 +1519,7 @@ def make_entry(
         return Entry(name, label, server, scenarios, True, None, optional=True)
     if name == "wasmtime-serve":
         serve = WasmtimeServe(tmp, main["path"], path="/py")
-        label = "wasmtime serve (wasi:http)"
+        label = "wasmtime serve"
         return Entry(name, label, serve, [(f"{label} /py", PY_CLOSE)], False, optional=True)
     raise AssertionError(name)
 
