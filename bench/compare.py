@@ -59,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -71,6 +72,7 @@ for _path in (str(ROOT), str(BENCH)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+import artifacts  # noqa: E402
 import routing_cost  # noqa: E402
 from run import (  # noqa: E402
     ECHO,
@@ -93,10 +95,39 @@ from run import (  # noqa: E402
 DEBIAN_PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "fcgiwrap": "fcgiwrap", "cc": "gcc"}
 """Program -> the Debian package that provides it."""
 
+# Issue 14: wagi's request path.
 TARGET_VS_WSGI = 0.8
 TARGET_VS_CGI = 3.0
 TARGET_ENGINE_US = 30.0
 TARGET_WSGI_US = 60.0
+TARGET_STREAM_RSS_MIB = 64.0
+"""The bench's reading of "bounded": a worker's peak RSS growth over a 1 GiB response."""
+# Issue 16: components.
+TARGET_COMPONENT_MS = 1.0
+TARGET_PY_VS_CGI = 20.0
+TARGET_PY_VS_SERVE = 1.0
+
+PY_BODY = b'{"hello": "world", "method": "GET", "bytes": 0}\n'
+"""What bench/cgi/hello.py answers to GET, in each of its three forms."""
+PY = Scenario(
+    "GET /py (Python)",
+    "GET",
+    "/py",
+    expect=lambda data: data == PY_BODY,
+    content_type="application/json",
+)
+PY_CLOSE = Scenario(
+    PY.label,
+    "GET",
+    "/py",
+    headers={"Connection": "close"},
+    expect=PY.expect,
+    content_type=PY.content_type,
+)
+"""PY for a server that keeps connections alive: a TCP connect per request, as everywhere else."""
+CGI_BASELINE = {HELLO.label: "cgi", PY.label: "python-cgi"}
+"""Scenario -> the classic-CGI server its "vs CGI" column divides by (same program, forked)."""
+STREAM_BYTES = 1 << 30
 
 
 # --------------------------------------------------------------------------- setup
@@ -289,10 +320,21 @@ class CgiServer:
     request and the comparison is between the ways of running the program.
     """
 
-    def __init__(self, workers: int, tmp: Path, program: Path, *, access_log: bool) -> None:
+    def __init__(
+        self,
+        workers: int,
+        tmp: Path,
+        program: Path,
+        *,
+        access_log: bool,
+        name: str = "cgi",
+        path: str = "/hello",
+    ) -> None:
+        """``program``: what fcgiwrap executes for every request (any path); ``path``: its check."""
         self.workers = workers
-        self.tmp = tmp / "cgi"
+        self.tmp = tmp / name
         self.tmp.mkdir()
+        self.path = path
         self.port = free_port()
         self.program = program
         self.access_log = access_log
@@ -344,7 +386,7 @@ class CgiServer:
                 scgi_temp_path {self.tmp}/scgi;
                 server {{
                     listen {HOST}:{self.port};
-                    location = /hello {{
+                    location / {{
                         fastcgi_pass unix:{self.socket};
             {{fastcgi}}
                     }}
@@ -389,7 +431,7 @@ class CgiServer:
     def healthy(self) -> bool:
         conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
         try:
-            conn.request("GET", "/hello")
+            conn.request("GET", self.path)
             return conn.getresponse().status == 200
         except (OSError, http.client.HTTPException):
             return False
@@ -434,6 +476,128 @@ def build_cgi(tmp: Path) -> Path:
     return program
 
 
+def executable(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def wasmtime_cgi_program(tmp: Path, python: str) -> Path:
+    """hello run per request by the wasmtime CLI, precompiled: what fcgiwrap executes.
+
+    ``samples/hello.wat`` prints a CGI response (its header block, a blank line,
+    the body), so the CLI's stdout goes to fcgiwrap as it is. ``exec`` leaves one
+    process per request (the shell's fork is fcgiwrap's own, as for any script).
+    """
+    wasmtime = artifacts.wasmtime_cli(python)
+    cwasm = artifacts.precompiled(python, ROOT / "samples" / "hello.wat")
+    return executable(
+        tmp / "wasmtime-hello.cgi",
+        f"#!/bin/sh\nexec '{wasmtime}' run --allow-precompiled '{cwasm}'\n",
+    )
+
+
+def python_cgi_program(tmp: Path, python3: str) -> Path:
+    """``bench/cgi/hello.py`` with ``python3`` on its ``#!`` line: classic CGI in Python."""
+    if not Path(python3).exists():
+        raise artifacts.Unavailable(f"--cgi-python {python3} does not exist")
+    source = (BENCH / "cgi" / "hello.py").read_text()
+    return executable(tmp / "hello-py.cgi", f"#!{python3}\n{source}")
+
+
+def component_config(tmp: Path, python: str) -> Path:
+    """A modules.toml serving the two components: componentize-py's hello and the C sample.
+
+    ``/env/...`` is ``samples/env.wasm`` made a component, with the environment
+    ``bench/modules.toml`` gives the core module, so both answer the same bytes.
+    """
+    py = artifacts.py_command_component(python)
+    c = artifacts.c_component(python)
+    path = tmp / "components.toml"
+    path.write_text(
+        textwrap.dedent(f"""\
+            # Written by bench/compare.py: components built at bench time (bench/artifacts.py).
+            [[module]]
+            route = "/py"
+            module = "{py}"
+
+            [[module]]
+            route = "/env/..."
+            module = "{c}"
+            environment = {{ GREETING = "hello from modules.toml" }}
+            """)
+    )
+    return path
+
+
+class WasmtimeServe:
+    """``wasmtime serve``: hello.py as a ``wasi:http/proxy`` component, precompiled.
+
+    wasmtime's own HTTP server, an instance per request from its pooling
+    allocator. It takes no worker count: its runtime uses every CPU. ``-S cli``
+    gives the component the ``wasi:cli`` imports componentize-py's runtime makes.
+    """
+
+    def __init__(self, tmp: Path, python: str, *, path: str) -> None:
+        self.port = free_port()
+        self.path = path
+        self.wasmtime = artifacts.wasmtime_cli(python)
+        self.cwasm = artifacts.precompiled(python, artifacts.py_http_component(python))
+        self.log_path = tmp / f"wasmtime-serve-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [
+            str(self.wasmtime),
+            "serve",
+            "-S",
+            "cli",
+            "--allow-precompiled",
+            "--addr",
+            f"{HOST}:{self.port}",
+            str(self.cwasm),
+        ]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 60
+        while not self.healthy():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"wasmtime serve did not answer:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def healthy(self) -> bool:
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
+        try:
+            conn.request("GET", self.path)
+            response = conn.getresponse()
+            response.read()
+            return response.status == 200
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            conn.close()
+
+    def roots(self) -> list[int]:
+        return [self.process.pid] if self.process is not None else []
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
 # --------------------------------------------------------------------------- measuring
 
 
@@ -448,6 +612,8 @@ class Entry:
     """(row label, scenario): the first is the hello every contender answers."""
     gunicorn: bool
     engine: str | None = None
+    optional: bool = False
+    """Fails soft: if it does not start or answer, it is reported "not available"."""
 
 
 @dataclass
@@ -467,6 +633,7 @@ class Point:
     vs_wsgi: float | None = None
     vs_cgi: float | None = None
     first_error: str = ""
+    access_log: str = "on"
 
 
 def footprint(entry: Entry) -> dict[str, Any]:
@@ -498,7 +665,12 @@ def load(entry: Entry, scenario: Scenario, concurrency: int, seconds: float, tmp
 
 
 def measure_points(
-    entries: list[Entry], concurrencies: Sequence[int], seconds: float, rounds: int, tmp: Path
+    entries: list[Entry],
+    concurrencies: Sequence[int],
+    seconds: float,
+    rounds: int,
+    tmp: Path,
+    access_log: str = "on",
 ) -> list[Point]:
     """Every (contender, scenario) at every concurrency, interleaved; the median round counts."""
     results: dict[tuple[str, str, int], list[LoadResult]] = {}
@@ -530,13 +702,15 @@ def measure_points(
                 cpu_us_per_request=chosen.cpu_us_per_request,
                 rounds_rps=[r.rps for r in runs],
                 first_error=next((r.first_error for r in runs if r.first_error), ""),
+                access_log=access_log,
             )
         )
     by = {(p.server, p.scenario, p.concurrency): p for p in points}
     for point in points:
         wsgi = by.get(("wsgi", HELLO.label, point.concurrency))
-        cgi = by.get(("cgi", HELLO.label, point.concurrency))
-        if wsgi and wsgi.rps:
+        baseline = CGI_BASELINE.get(point.scenario)
+        cgi = by.get((baseline, point.scenario, point.concurrency)) if baseline else None
+        if wsgi and wsgi.rps and point.scenario == HELLO.label:
             point.vs_wsgi = point.rps / wsgi.rps
         if cgi and cgi.rps:
             point.vs_cgi = point.rps / cgi.rps
@@ -580,6 +754,111 @@ def soak(
     }
 
 
+def status_kib(pid: int, field_name: str) -> int:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def stream_once(server: GunicornServer) -> dict[str, Any]:
+    """``GET /stream`` (1 GiB of zero bytes) from the one worker: MB/s and its RSS growth.
+
+    A thread reads the worker's RSS every 10 ms while the body arrives; the
+    growth is the highest reading minus the reading before the request. Every
+    byte is checked (exact length, all zeros).
+    """
+    (worker,) = server.worker_pids()
+    before = status_kib(worker, "VmRSS")
+    hwm_before = status_kib(worker, "VmHWM")
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.01):
+            peak[0] = max(peak[0], status_kib(worker, "VmRSS"))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    zeros = bytes(1 << 20)
+    received = 0
+    wrong = False
+    conn = http.client.HTTPConnection(HOST, server.port, timeout=60)
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        conn.request("GET", "/stream")
+        response = conn.getresponse()
+        while chunk := response.read(1 << 20):
+            received += len(chunk)
+            wrong = wrong or chunk != zeros[: len(chunk)]
+        status = response.status
+    finally:
+        elapsed = time.perf_counter() - started
+        done.set()
+        sampler.join()
+        conn.close()
+    ok = status == 200 and received == STREAM_BYTES and not wrong
+    return {
+        "ok": ok,
+        "status": status,
+        "bytes": received,
+        "seconds": elapsed,
+        "mb_per_s": received / elapsed / 1e6 if elapsed else 0.0,
+        "rss_before_kib": before,
+        "rss_peak_growth_kib": peak[0] - before,
+        "hwm_growth_kib": status_kib(worker, "VmHWM") - hwm_before,
+    }
+
+
+def stream_test(args: argparse.Namespace, python: str, tmp: Path) -> dict[str, Any]:
+    """1 GiB streamed by wagi on wasmtime (``bench/stream.wat``) and by plain WSGI.
+
+    One worker each, the access log as in the first HTTP pass, two requests each:
+    the speed is the second's (the first's one-off costs behind it); the RSS growth
+    is the larger of the two (the first, from a fresh worker, includes the one-off).
+    """
+    config = tmp / "stream.toml"
+    config.write_text(f'[[module]]\nroute = "/stream"\nmodule = "{BENCH / "stream.wat"}"\n')
+    access = args.access_modes[0] == "on"
+    servers = {
+        "wagi wasmtime": GunicornServer(
+            "wasmtime",
+            1,
+            tmp,
+            python=python,
+            access_log=access,
+            settings={
+                "WAGI_CONFIG": str(config),
+                "WAGI_MAX_RESPONSE": "2 GiB",
+                # Below gunicorn's worker timeout (120 s), which wagi checks at start-up.
+                "WAGI_TIMEOUT": "100",
+            },
+        ),
+        "plain WSGI": GunicornServer(
+            "auto", 1, tmp, app="plain_wsgi:stream_app", python=python, access_log=access
+        ),
+    }
+    results: dict[str, Any] = {}
+    for label, server in servers.items():
+        print(f"1 GiB stream: {label}", flush=True)
+        try:
+            server.start()
+            first = stream_once(server)
+            results[label] = stream_once(server) | {
+                "first_ok": first["ok"],
+                "first_rss_peak_growth_kib": first["rss_peak_growth_kib"],
+            }
+        except Exception as exc:  # a wrong answer or a dead server: reported, not fatal
+            lines = [line for line in server.log_tail(200).splitlines() if "ERROR" in line]
+            why = lines[-1] if lines else f"{type(exc).__name__}: {exc}"
+            results[label] = {"ok": False, "error": why[:300]}
+        finally:
+            server.stop()
+        print(f"  {results[label]}", flush=True)
+    return results
+
+
 def worker_state(server: GunicornServer) -> dict[int, dict[str, int]]:
     """Each worker's memory (KiB) and its number of threads (runner threads included)."""
     state = {}
@@ -603,7 +882,7 @@ def mean_rss(sample: dict[str, Any]) -> float:
 
 
 def run_engine_micro(
-    python: str, engine: str, runs: int, out: Path, tmp: Path
+    python: str, engine: str, runs: int, out: Path, tmp: Path, components: dict[str, Path]
 ) -> tuple[dict[str, Any] | None, str]:
     """``engine_overhead.py`` in ``python`` for ``engine``: its figures and its printout."""
     json_path = tmp / f"micro-{engine}.json"
@@ -619,6 +898,8 @@ def run_engine_micro(
         "--profile",
         str(out),
     ]
+    for kind, path in components.items():
+        command += [f"--component-{kind}", str(path)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     result = subprocess.run(
@@ -658,54 +939,226 @@ def http_table(points: list[Point], concurrencies: Sequence[int]) -> list[str]:
     return lines
 
 
-def verdict(ratio: float | None, target: float) -> str:
-    if ratio is None:
+@dataclass
+class Target:
+    issue: int
+    target: str
+    measured: str
+    verdict: str
+    """"met", "not met", "not available", "not measured" or "info" (no target: reported beside)."""
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "not met"
+
+
+def ratio_text(point: Point | None, other: Point | None) -> str:
+    if point is None or other is None or not other.rps:
         return "-"
-    return f"{ratio:.2f}x ({'met' if ratio >= target else 'not met'})"
+    return f"{point.rps / other.rps:.2f}x ({point.rps:,.0f} / {other.rps:,.0f} req/s)"
 
 
-def target_lines(points: list[Point], micro: dict[str, Any]) -> list[str]:
-    lines = ["targets of issue 6, in this run:"]
-    for engine in ("wasmtime", "wasmer"):
-        hello = [p for p in points if p.server == f"wagi-{engine}" and p.scenario == HELLO.label]
-        if not hello:
-            continue
-        wsgi = ", ".join(f"c={p.concurrency} {verdict(p.vs_wsgi, TARGET_VS_WSGI)}" for p in hello)
-        cgi = ", ".join(f"c={p.concurrency} {verdict(p.vs_cgi, TARGET_VS_CGI)}" for p in hello)
-        lines.append(f"  wagi {engine} hello vs plain WSGI (>= {TARGET_VS_WSGI}x): {wsgi}")
-        lines.append(f"  wagi {engine} hello vs classic CGI (>= {TARGET_VS_CGI:g}x): {cgi}")
+def micro_case(micro: dict[str, Any], engine: str, key: str) -> dict[str, Any] | None:
+    figures = micro.get(engine)
+    if not figures:
+        return None
+    return next((c for c in figures["cases"] if c["key"] == key), None)
 
-    def hello_rps(server: str) -> dict[int, float]:
-        return {
-            p.concurrency: p.rps for p in points if p.server == server and p.scenario == HELLO.label
-        }
 
-    walled, unwalled = hello_rps("wagi-wasmtime"), hello_rps("wagi-wasmtime-nowall")
-    if walled and unwalled:
-        ratios = ", ".join(
-            f"c={c} {walled[c] / unwalled[c]:.2f}x" for c in walled if unwalled.get(c)
+def targets(
+    points: list[Point],
+    stream: dict[str, Any],
+    micro: dict[str, Any],
+    unavailable: dict[str, str],
+) -> list[Target]:
+    """Every target of issues 14 and 16 against this run's figures, each met or not."""
+    rows: list[Target] = []
+    by = {(p.server, p.scenario, p.concurrency, p.access_log): p for p in points}
+    modes = list(dict.fromkeys(p.access_log for p in points)) or ["on"]
+    concurrencies = sorted({p.concurrency for p in points})
+
+    def get(server: str, scenario: Scenario, c: int, mode: str) -> Point | None:
+        return by.get((server, scenario.label, c, mode))
+
+    def why_missing(*keys: str) -> str:
+        return next((unavailable[k][:160] for k in keys if k in unavailable), "")
+
+    for mode in modes:
+        for c in concurrencies:
+            wagi = get("wagi-wasmtime", HELLO, c, mode)
+            wasmer = get("wagi-wasmer", HELLO, c, mode)
+            where = f"c={c}, access log {mode}"
+            for other, name, goal in (
+                ("wsgi", "plain WSGI", TARGET_VS_WSGI),
+                ("cgi", "classic CGI (C)", TARGET_VS_CGI),
+            ):
+                base = get(other, HELLO, c, mode)
+                measured = ratio_text(wagi, base)
+                if wasmer is not None and base is not None:
+                    measured += f"; wasmer beside: {ratio_text(wasmer, base)}"
+                ok = wagi is not None and base is not None and base.rps > 0
+                rows.append(
+                    Target(
+                        14,
+                        f"wagi wasmtime GET /hello >= {goal:g}x {name}, {where}",
+                        measured,
+                        met(wagi.rps / base.rps >= goal) if ok else "not measured",  # type: ignore[union-attr]
+                    )
+                )
+            cli = get("wasmtime-cgi", HELLO, c, mode)
+            if cli is not None:
+                rows.append(
+                    Target(
+                        14,
+                        f"wasmtime CLI as CGI (before: 436-474 req/s), {where}",
+                        f"{cli.rps:,.0f} req/s; wagi wasmtime is {ratio_text(wagi, cli)}",
+                        "info",
+                    )
+                )
+            nowall = get("wagi-wasmtime-nowall", HELLO, c, mode)
+            if nowall is not None and wagi is not None:
+                rows.append(
+                    Target(
+                        14,
+                        f"kernel wall: wagi wasmtime with ÷ without, {where}",
+                        ratio_text(wagi, nowall),
+                        "info",
+                    )
+                )
+    for key, label, goal in (
+        ("wsgi_wagi_hello", "whole WSGI app call for GET /hello", TARGET_WSGI_US),
+        ("engine_hello_25", "engine.run of hello with 25 env vars", TARGET_ENGINE_US),
+    ):
+        case = micro_case(micro, "wasmtime", key)
+        beside = micro_case(micro, "wasmer", key)
+        measured = (
+            f"p50 {fmt(case['p50_us'], 1)} µs (CPU {fmt(case['cpu_us'], 1)} µs)" if case else "-"
         )
-        lines.append(f"  kernel wall, wasmtime hello req/s with the wall ÷ without: {ratios}")
-    for engine, figures in micro.items():
-        if figures is None:
-            continue
-        cases = {c["key"]: c for c in figures["cases"]}
-        run, call = cases["engine_hello_25"], cases["wsgi_wagi_hello"]
-        per_write = figures["per_write_us"]
-        sink = "pipe" if per_write.get("pipe") is not None else "buffered"
-        lines.append(
-            f"  {engine}: engine run of hello with 25 variables p50 {fmt(run['p50_us'], 1)} µs, "
-            f"CPU {fmt(run['cpu_us'], 1)} µs (<= {TARGET_ENGINE_US:g} µs); whole WSGI call p50 "
-            f"{fmt(call['p50_us'], 1)} µs, CPU {fmt(call['cpu_us'], 1)} µs "
-            f"(<= {TARGET_WSGI_US:g} µs); per write ({sink}) {fmt(per_write[sink], 1)} µs, "
-            f"CPU {fmt(per_write[sink + '_cpu'], 1)} µs (a few µs)"
+        if beside:
+            measured += f"; wasmer beside: p50 {fmt(beside['p50_us'], 1)} µs"
+        verdict = met(case["p50_us"] <= goal) if case and case["p50_us"] else "not measured"
+        rows.append(
+            Target(14, f"in-process, wasmtime: {label} <= {goal:g} µs p50", measured, verdict)
         )
+    wagi_stream, plain_stream = stream.get("wagi wasmtime"), stream.get("plain WSGI")
+    if stream:
+
+        def stream_text(result: dict[str, Any] | None, what: str) -> str:
+            if not result:
+                return "-"
+            if not result.get("ok"):
+                return f"failed: {result.get('error') or result.get('status')}"
+            if what == "rate":
+                return f"{result['mb_per_s']:,.0f} MB/s"
+            return f"{stream_growth_kib(result) / 1024:+.1f} MiB"
+
+        rows.append(
+            Target(
+                14,
+                "1 GiB streamed body, MB/s, beside plain WSGI (256 KiB chunks)",
+                f"wagi {stream_text(wagi_stream, 'rate')}, "
+                f"plain WSGI {stream_text(plain_stream, 'rate')}",
+                "info",
+            )
+        )
+        ok = bool(wagi_stream and wagi_stream.get("ok"))
+        rows.append(
+            Target(
+                14,
+                f"1 GiB streamed body: worker peak RSS growth <= {TARGET_STREAM_RSS_MIB:g} MiB",
+                f"wagi {stream_text(wagi_stream, 'rss')}, "
+                f"plain WSGI {stream_text(plain_stream, 'rss')}",
+                met(stream_growth_kib(wagi_stream) / 1024 <= TARGET_STREAM_RSS_MIB)  # type: ignore[arg-type]
+                if ok
+                else "not measured",
+            )
+        )
+    components = (micro.get("wasmtime") or {}).get("components", {})
+    if components or "wagi-component" in unavailable:
+        py = components.get("py", {})
+        if py.get("available"):
+            case = py["timing"]
+            rows.append(
+                Target(
+                    16,
+                    f"componentize-py hello, engine run in-process <= {TARGET_COMPONENT_MS:g} ms",
+                    f"p50 {case['p50_us'] / 1e3:.2f} ms (CPU {fmt(case['cpu_us'], 0)} µs)",
+                    met(case["p50_us"] / 1e3 <= TARGET_COMPONENT_MS),
+                )
+            )
+        else:
+            reason = py.get("reason") or unavailable.get("wagi-component", "-")
+            rows.append(
+                Target(
+                    16,
+                    f"componentize-py hello, engine run in-process <= {TARGET_COMPONENT_MS:g} ms",
+                    reason[:160],
+                    "not available",
+                )
+            )
+        c_comp, c_core = components.get("c", {}), micro_case(micro, "wasmtime", "env_core")
+        if c_comp.get("available") and c_core:
+            rows.append(
+                Target(
+                    16,
+                    "C sample (env.c) in-process: component beside core module",
+                    f"component p50 {fmt(c_comp['timing']['p50_us'], 0)} µs, "
+                    f"core p50 {fmt(c_core['p50_us'], 0)} µs",
+                    "info",
+                )
+            )
+    for mode in modes:
+        for c in concurrencies:
+            where = f"c={c}, access log {mode}"
+            comp = get("wagi-component", PY, c, mode)
+            for other, name, goal, op in (
+                ("python-cgi", "python3 CGI", TARGET_PY_VS_CGI, ">="),
+                ("wasmtime-serve", "wasmtime serve", TARGET_PY_VS_SERVE, ">"),
+            ):
+                base = get(other, PY, c, mode)
+                if comp is None and base is None:
+                    continue
+                target = f"wagi component Python /py {op} {goal:g}x {name}, {where}"
+                if comp is None or base is None or not base.rps:
+                    missing = why_missing("wagi-component" if comp is None else other)
+                    rows.append(Target(16, target, missing or "-", "not available"))
+                    continue
+                ratio = comp.rps / base.rps
+                ok = ratio >= goal if op == ">=" else ratio > goal
+                rows.append(Target(16, target, ratio_text(comp, base), met(ok)))
+            core = get("wagi-wasmtime", ENV, c, mode)
+            c_comp_point = get("wagi-component", ENV, c, mode)
+            if core is not None:
+                rows.append(
+                    Target(
+                        16,
+                        f"C sample GET /env: component beside core module, {where}",
+                        ratio_text(c_comp_point, core)
+                        if c_comp_point
+                        else why_missing("wagi-component") or "-",
+                        "info" if c_comp_point else "not available",
+                    )
+                )
+    return rows
+
+
+def stream_growth_kib(result: dict[str, Any]) -> int:
+    """A worker's peak RSS growth over a 1 GiB response: the larger of its two requests."""
+    return int(max(result["rss_peak_growth_kib"], result.get("first_rss_peak_growth_kib", 0)))
+
+
+def target_table(rows: list[Target]) -> list[str]:
+    width = max([len(r.target) for r in rows] + [6])
+    header = f"{'issue':<5} {'target':<{width}}  {'verdict':<13}  measured"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"#{r.issue:<4} {r.target:<{width}}  {r.verdict:<13}  {r.measured}")
     return lines
 
 
 def memory_lines(entries: list[Entry], memory: dict[str, dict[str, Any]]) -> list[str]:
     header = (
-        f"{'server':<16} {'procs':>5} {'PSS idle':>9} {'PSS end':>9} "
+        f"{'server':<28} {'procs':>5} {'PSS idle':>9} {'PSS end':>9} "
         f"{'worker PSS idle':>15} {'worker PSS end':>14} {'worker RSS end':>14}"
     )
     lines = [
@@ -721,7 +1174,7 @@ def memory_lines(entries: list[Entry], memory: dict[str, dict[str, Any]]) -> lis
             return fmt(None if value is None else value / 1024, 1)
 
         lines.append(
-            f"{entry.label:<16} {end['processes']:>5} {mib(idle['total'].get('pss')):>9} "
+            f"{entry.label:<28} {end['processes']:>5} {mib(idle['total'].get('pss')):>9} "
             f"{mib(end['total'].get('pss')):>9} {mib(mean_worker(idle, 'pss')):>15} "
             f"{mib(mean_worker(end, 'pss')):>14} {mib(mean_worker(end, 'rss')):>14}"
         )
@@ -826,6 +1279,7 @@ QUICK = {
     "soak_every": 5_000,
     "micro_runs": 300,
     "routes": "1,100,1000",
+    "access_log": "on",
 }
 DEFAULTS = {
     "concurrency": "1,16,64",
@@ -834,8 +1288,20 @@ DEFAULTS = {
     "soak_every": 10_000,
     "micro_runs": 2000,
     "routes": "1,100,10000",
+    "access_log": "both",
 }
-CONTENDERS = ("wsgi", "wasmtime", "wasmtime-nowall", "wasmer", "cgi")
+CONTENDERS = (
+    "wsgi",
+    "wasmtime",
+    "wasmtime-nowall",
+    "wasmer",
+    "cgi",
+    "wasmtime-cgi",
+    "python-cgi",
+    "wagi-component",
+    "wasmtime-serve",
+)
+PARTS = ("http", "soak", "stream", "micro", "routing")
 
 
 def numbers(text: str, what: str) -> list[int]:
@@ -868,7 +1334,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--micro-runs", type=int, help="runs per in-process case")
     parser.add_argument("--routes", help="routing table sizes, comma-separated")
     parser.add_argument(
-        "--access-log", choices=["on", "off"], default="on", help="for every server alike"
+        "--access-log",
+        choices=["on", "off", "both"],
+        help="for every server alike; both: the HTTP pass twice, on then off",
     )
     parser.add_argument("--extra", action="store_true", help="also /env/x?a=1 and POST /echo")
     parser.add_argument(
@@ -877,10 +1345,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"a subset of {','.join(CONTENDERS)}",
     )
     parser.add_argument(
-        "--skip", default="", help="parts to leave out, comma-separated: http,soak,micro,routing"
+        "--skip", default="", help=f"parts to leave out, comma-separated: {','.join(PARTS)}"
     )
     parser.add_argument(
         "--python", default=sys.executable, help="runs plain WSGI and wagi on wasmtime"
+    )
+    parser.add_argument(
+        "--cgi-python",
+        default="/usr/bin/python3",
+        help="the python3 that runs bench/cgi/hello.py as classic CGI (default /usr/bin/python3)",
     )
     parser.add_argument(
         "--wasmer-python",
@@ -900,8 +1373,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.contenders) - set(CONTENDERS)
     if unknown:
         parser.error(f"--contenders: unknown {sorted(unknown)}; choose from {CONTENDERS}")
-    if args.skip - {"http", "soak", "micro", "routing"}:
-        parser.error("--skip: choose from http, soak, micro, routing")
+    if args.skip - set(PARTS):
+        parser.error(f"--skip: choose from {', '.join(PARTS)}")
+    args.access_modes = ["on", "off"] if args.access_log == "both" else [args.access_log]
     if min(args.workers, args.rounds, args.soak_every, args.micro_runs) < 1 or args.seconds <= 0:
         parser.error("--workers, --rounds, --soak-every, --micro-runs and --seconds must be > 0")
     if args.wasmer_python is None:
@@ -910,74 +1384,212 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def running(entries: list[Entry]) -> Iterator[None]:
-    """Start every server (all of them stay up: idle ones use no CPU); always stop them."""
+def running(entries: list[Entry], unavailable: dict[str, str]) -> Iterator[None]:
+    """Start every server (all stay up: idle ones use no CPU); always stop them.
+
+    An optional entry that does not start or answers wrongly is stopped, removed
+    from ``entries`` and reported in ``unavailable``; any other failure stops the run.
+    """
+    started: list[Entry] = []
     try:
-        for entry in entries:
+        for entry in list(entries):
             print(f"starting {entry.label} on {HOST}:{entry.server.port}", flush=True)
-            entry.server.start()
+            started.append(entry)
+            try:
+                entry.server.start()
+                for _, scenario in entry.scenarios:
+                    check_once(entry.server.port, scenario)
+            except Exception as exc:
+                if not entry.optional:
+                    raise
+                reason = str(exc).strip().splitlines()
+                logged = [line for line in entry.server.log_tail(200).splitlines() if line.strip()]
+                why = next(
+                    (line for line in logged if "rror" in line), logged[-1] if logged else ""
+                )
+                unavailable[entry.key] = f"{reason[0] if reason else exc}; log: {why}"[:400]
+                print(f"  {entry.label}: not available: {unavailable[entry.key]}")
+                entry.server.stop()
+                entries.remove(entry)
         yield
     except BaseException:
-        for entry in entries:
+        for entry in started:
             tail = entry.server.log_tail()
             if tail:
                 print(f"\n{entry.label} log (last lines):\n{tail}", file=sys.stderr)
         raise
     finally:
-        for entry in entries:
+        for entry in started:
             entry.server.stop()
 
 
 def make_entries(
-    args: argparse.Namespace, pythons: dict[str, dict[str, Any]], tmp: Path
+    args: argparse.Namespace,
+    pythons: dict[str, dict[str, Any]],
+    tmp: Path,
+    access: bool,
+    unavailable: dict[str, str],
 ) -> list[Entry]:
+    """The servers of one HTTP pass; contenders whose tools cannot be had go to ``unavailable``."""
     entries = []
-    access = args.access_log == "on"
     main, wasmer = pythons["main"], pythons.get("wasmer")
     for name in args.contenders:
-        if name == "wsgi":
-            server = GunicornServer(
-                "auto",
-                args.workers,
-                tmp,
-                app="plain_wsgi:app",
-                python=main["path"],
-                access_log=access,
-            )
-            entries.append(Entry("wsgi", "plain WSGI", server, [("plain WSGI", HELLO)], True))
-        elif name in ("wasmtime", "wasmtime-nowall", "wasmer"):
-            # wasmtime-nowall: the same server with --kernel-wall off, to show what the wall
-            # costs (its threads are confined once, when they start).
-            engine = name.removesuffix("-nowall")
-            python = wasmer if engine == "wasmer" else main
-            if python is None or engine not in python["engines"]:
-                where = python["path"] if python else "no Python"
-                print(f"skipping wagi {name}: it does not import in {where}")
-                continue
-            nowall = name.endswith("-nowall")
-            server = GunicornServer(
-                engine,
-                args.workers,
-                tmp,
-                python=python["path"],
-                access_log=access,
-                settings={"WAGI_KERNEL_WALL": "off"} if nowall else None,
-            )
-            label = f"wagi {engine}, wall off" if nowall else f"wagi {engine}"
-            scenarios = [(label, HELLO)]
-            if args.extra:
-                scenarios += [(f"{label} GET /env (C)", ENV), (f"{label} POST /echo 16K", ECHO)]
-            entries.append(Entry(f"wagi-{name}", label, server, scenarios, True, engine))
-        elif name == "cgi":
-            server = CgiServer(args.workers, tmp, build_cgi(tmp), access_log=access)
-            entries.append(Entry("cgi", "classic CGI", server, [("classic CGI", HELLO)], False))
+        try:
+            entry = make_entry(name, args, main, wasmer, tmp, access)
+        except artifacts.Unavailable as exc:
+            unavailable[name] = str(exc)
+            print(f"{name}: not available: {exc}")
+            continue
+        if entry is not None:
+            entries.append(entry)
     return entries
+
+
+def make_entry(
+    name: str,
+    args: argparse.Namespace,
+    main: dict[str, Any],
+    wasmer: dict[str, Any] | None,
+    tmp: Path,
+    access: bool,
+) -> Entry | None:
+    server: Contender
+    if name == "wsgi":
+        server = GunicornServer(
+            "auto", args.workers, tmp, app="plain_wsgi:app", python=main["path"], access_log=access
+        )
+        return Entry("wsgi", "plain WSGI", server, [("plain WSGI", HELLO)], True)
+    if name in ("wasmtime", "wasmtime-nowall", "wasmer"):
+        # wasmtime-nowall: the same server with --kernel-wall off, to show what the wall costs.
+        engine = name.removesuffix("-nowall")
+        python = wasmer if engine == "wasmer" else main
+        if python is None or engine not in python["engines"]:
+            where = python["path"] if python else "no Python"
+            print(f"skipping wagi {name}: it does not import in {where}")
+            return None
+        nowall = name.endswith("-nowall")
+        server = GunicornServer(
+            engine,
+            args.workers,
+            tmp,
+            python=python["path"],
+            access_log=access,
+            settings={"WAGI_KERNEL_WALL": "off"} if nowall else None,
+        )
+        label = f"wagi {engine}, wall off" if nowall else f"wagi {engine}"
+        scenarios = [(label, HELLO)]
+        if args.extra or (name == "wasmtime" and "wagi-component" in args.contenders):
+            # The C sample as a core module: the wagi-component contender runs it as a component.
+            scenarios.append((f"{label} C core /env", ENV))
+        if args.extra:
+            scenarios.append((f"{label} POST /echo 16K", ECHO))
+        return Entry(f"wagi-{name}", label, server, scenarios, True, engine)
+    if name == "cgi":
+        server = CgiServer(args.workers, tmp, build_cgi(tmp), access_log=access)
+        return Entry("cgi", "classic CGI", server, [("classic CGI", HELLO)], False)
+    if name == "wasmtime-cgi":
+        program = wasmtime_cgi_program(tmp, main["path"])
+        server = CgiServer(args.workers, tmp, program, access_log=access, name=name)
+        label = "wasmtime CLI as CGI"
+        return Entry(name, label, server, [(label, HELLO)], False)
+    if name == "python-cgi":
+        program = python_cgi_program(tmp, args.cgi_python)
+        server = CgiServer(args.workers, tmp, program, access_log=access, name=name, path="/py")
+        label = "python3 as CGI"
+        return Entry(name, label, server, [(f"{label} /py", PY)], False)
+    if name == "wagi-component":
+        if "wasmtime" not in main["engines"]:
+            raise artifacts.Unavailable(f"wasmtime does not import in {main['path']}")
+        config = component_config(tmp, main["path"])
+        server = GunicornServer(
+            "wasmtime",
+            args.workers,
+            tmp,
+            python=main["path"],
+            access_log=access,
+            # The artifact cache outlives the run: compiling the 18 MB Python component
+            # takes a while, and the cache is keyed by what it compiled.
+            settings={
+                "WAGI_CONFIG": str(config),
+                "WAGI_CACHE_DIR": str(artifacts.cache_dir() / "wagi-artifacts"),
+            },
+        )
+        label = "wagi wasmtime component"
+        scenarios = [(f"{label} /py", PY), (f"{label} C /env", ENV)]
+        return Entry(name, label, server, scenarios, True, None, optional=True)
+    if name == "wasmtime-serve":
+        serve = WasmtimeServe(tmp, main["path"], path="/py")
+        label = "wasmtime serve"
+        return Entry(name, label, serve, [(f"{label} /py", PY_CLOSE)], False, optional=True)
+    raise AssertionError(name)
+
+
+def http_pass(
+    args: argparse.Namespace,
+    pythons: dict[str, dict[str, Any]],
+    tmp: Path,
+    access_log: str,
+    results: dict[str, Any],
+) -> int:
+    """Start every contender with the access log ``access_log``, load them, stop them.
+
+    Adds to ``results``: "points", "entries", "unavailable"; on the first pass also
+    "memory" and "soaks". Returns an exit status.
+    """
+    status = 0
+    first = not results["points"]
+    unavailable: dict[str, str] = results["unavailable"]
+    pass_tmp = tmp / f"access-{access_log}"
+    pass_tmp.mkdir()
+    entries = make_entries(args, pythons, pass_tmp, access_log == "on", unavailable)
+    memory: dict[str, dict[str, Any]] = {}
+    soaks: dict[str, dict[str, Any]] = {}
+    with running(entries, unavailable):
+        workers_before = {}
+        for entry in entries:
+            memory[entry.key] = {"idle": footprint(entry)}
+            if entry.gunicorn:
+                assert isinstance(entry.server, GunicornServer)
+                workers_before[entry.key] = entry.server.worker_pids()
+        print(f"access log {access_log}: every answer checked (status, Content-Type, exact body)")
+        for entry in entries:
+            for _, scenario in entry.scenarios:
+                load(entry, scenario, max(args.concurrency), 1.0, pass_tmp)
+        points = measure_points(
+            entries, args.concurrency, args.seconds, args.rounds, pass_tmp, access_log
+        )
+        if first and "soak" not in args.skip and args.soak > 0:
+            for entry in entries:
+                if entry.engine is None:
+                    continue
+                print(f"memory soak: {entry.label}, {args.soak} x GET /hello")
+                rate = max(
+                    (p.rps for p in points if p.server == entry.key and p.scenario == HELLO.label),
+                    default=100.0,
+                )
+                soaks[entry.label] = soak(
+                    entry, args.soak, args.soak_every, args.soak_concurrency, rate, pass_tmp
+                )
+        for entry in entries:
+            memory[entry.key]["end"] = footprint(entry)
+            if entry.gunicorn:
+                assert isinstance(entry.server, GunicornServer)
+                if entry.server.worker_pids() != workers_before[entry.key]:
+                    print(f"WARNING: {entry.label}: workers were replaced during the run")
+                    print(entry.server.log_tail())
+                    status = 1
+    if any(p.errors for p in points) or any(s["errors"] for s in soaks.values()):
+        status = 1
+    results["points"] += points
+    if first:
+        results["entries"], results["memory"], results["soaks"] = entries, memory, soaks
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     install = not args.no_install
-    if "http" not in args.skip:
+    if "http" not in args.skip or "stream" not in args.skip:
         ensure_debian_packages(install)
     wanted_main = requirements("bench")
     ensure_python_packages(args.python, wanted_main, install)
@@ -991,66 +1603,42 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(pythons)
     args.out.mkdir(parents=True, exist_ok=True)
     status = 0
-    points: list[Point] = []
-    memory: dict[str, dict[str, Any]] = {}
-    soaks: dict[str, dict[str, Any]] = {}
+    http: dict[str, Any] = {
+        "points": [],
+        "entries": [],
+        "unavailable": {},
+        "memory": {},
+        "soaks": {},
+    }
+    stream: dict[str, Any] = {}
     micro: dict[str, Any] = {}
     micro_printouts: list[str] = []
     routing: dict[str, dict[int, float]] = {}
-    entries: list[Entry] = []
 
     with sigterm_raises(), tempfile.TemporaryDirectory(prefix="wagi-compare-") as tmp_name:
         tmp = Path(tmp_name)
         if "http" not in args.skip:
-            entries = make_entries(args, pythons, tmp)
-            with running(entries):
-                workers_before = {}
-                for entry in entries:
-                    for _, scenario in entry.scenarios:
-                        check_once(entry.server.port, scenario)
-                    memory[entry.key] = {"idle": footprint(entry)}
-                    if entry.gunicorn:
-                        assert isinstance(entry.server, GunicornServer)
-                        workers_before[entry.key] = entry.server.worker_pids()
-                print("every answer checked (status, Content-Type, exact body); warming up")
-                for entry in entries:
-                    for _, scenario in entry.scenarios:
-                        load(entry, scenario, max(args.concurrency), 1.0, tmp)
-                points = measure_points(entries, args.concurrency, args.seconds, args.rounds, tmp)
-                if "soak" not in args.skip and args.soak > 0:
-                    for entry in entries:
-                        if entry.engine is None:
-                            continue
-                        print(f"memory soak: {entry.label}, {args.soak} x GET /hello")
-                        rate = max(
-                            (
-                                p.rps
-                                for p in points
-                                if p.server == entry.key and p.scenario == HELLO.label
-                            ),
-                            default=100.0,
-                        )
-                        soaks[entry.label] = soak(
-                            entry, args.soak, args.soak_every, args.soak_concurrency, rate, tmp
-                        )
-                for entry in entries:
-                    memory[entry.key]["end"] = footprint(entry)
-                    if entry.gunicorn:
-                        assert isinstance(entry.server, GunicornServer)
-                        if entry.server.worker_pids() != workers_before[entry.key]:
-                            print(f"WARNING: {entry.label}: workers were replaced during the run")
-                            print(entry.server.log_tail())
-                            status = 1
-            if any(p.errors for p in points) or any(s["errors"] for s in soaks.values()):
+            for access_log in args.access_modes:
+                status |= http_pass(args, pythons, tmp, access_log, http)
+        if "stream" not in args.skip:
+            stream = stream_test(args, args.python, tmp)
+            if not all(r.get("ok") and r.get("first_ok") for r in stream.values()):
                 status = 1
-
         if "micro" not in args.skip:
             engines = [("wasmtime", args.python)]
             if "wasmer" in pythons and "wasmer" in pythons["wasmer"]["engines"]:
                 engines.append(("wasmer", args.wasmer_python))
+            components = component_paths(args, http["unavailable"])
             for engine, python in engines:
                 print(f"in-process benchmark: {engine} ({python})", flush=True)
-                figures, printout = run_engine_micro(python, engine, args.micro_runs, args.out, tmp)
+                figures, printout = run_engine_micro(
+                    python,
+                    engine,
+                    args.micro_runs,
+                    args.out,
+                    tmp,
+                    components if engine == "wasmtime" else {},
+                )
                 micro[engine] = figures
                 micro_printouts.append(printout)
                 if figures is None or figures["status"] != 0:
@@ -1061,16 +1649,18 @@ def main(argv: list[str] | None = None) -> int:
             routing = routing_cost.measure(args.routes)
 
     machine["load_average_at_end"] = os.getloadavg()
-    report = build_report(
-        args, machine, entries, points, memory, soaks, micro, micro_printouts, routing
-    )
+    points: list[Point] = http["points"]
+    report = build_report(args, machine, http, stream, micro, micro_printouts, routing)
     print("\n" + report)
     (args.out / "report.txt").write_text(report + "\n")
     title = (
         f"{machine['date']}, {machine['nproc']} CPUs ({machine['cpu_model']}), "
         f"{args.workers} workers per server, {args.seconds:g} s per point"
     )
-    wrote_plot = bool(points) and plot(points, soaks, args.out / "throughput.png", title)
+    first_mode = [p for p in points if p.access_log == args.access_modes[0]]
+    wrote_plot = bool(points) and plot(
+        first_mode, http["soaks"], args.out / "throughput.png", title
+    )
     results = {
         "machine": machine,
         "settings": {
@@ -1078,10 +1668,13 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in vars(args).items()
         },
         "http": [asdict(p) for p in points],
-        "memory_kib": memory,
-        "soak": soaks,
+        "unavailable": http["unavailable"],
+        "memory_kib": http["memory"],
+        "soak": http["soaks"],
+        "stream": stream,
         "inprocess": micro,
         "routing_us": routing,
+        "targets": [asdict(t) for t in targets(points, stream, micro, http["unavailable"])],
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     written = ["results.json", "report.txt"] + (["throughput.png"] if wrote_plot else [])
@@ -1089,17 +1682,30 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def component_paths(args: argparse.Namespace, unavailable: dict[str, str]) -> dict[str, Path]:
+    """The components engine_overhead.py times in-process (when wagi can load them)."""
+    if "wagi-component" not in args.contenders:
+        return {}
+    try:
+        return {
+            "py": artifacts.py_command_component(args.python),
+            "c": artifacts.c_component(args.python),
+        }
+    except artifacts.Unavailable as exc:
+        unavailable.setdefault("wagi-component", str(exc))
+        return {}
+
+
 def build_report(
     args: argparse.Namespace,
     machine: dict[str, Any],
-    entries: list[Entry],
-    points: list[Point],
-    memory: dict[str, dict[str, Any]],
-    soaks: dict[str, dict[str, Any]],
+    http: dict[str, Any],
+    stream: dict[str, Any],
     micro: dict[str, Any],
     micro_printouts: list[str],
     routing: dict[str, dict[int, float]],
 ) -> str:
+    points: list[Point] = http["points"]
     lines = [
         f"== wagi compared, {machine['date']}, commit {machine['commit']}",
         f"machine: {machine['nproc']} CPUs, {machine['cpu_model']}, {machine['memory_gib']} GiB, "
@@ -1112,27 +1718,50 @@ def build_report(
         versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
         lines.append(f"python ({role}): {info['python']} at {info['path']}: {versions}")
     lines.append(", ".join(f"{k}: {v}" for k, v in machine["tools"].items()))
-    if points:
+    rows = targets(points, stream, micro, http["unavailable"])
+    lines += [
+        "",
+        "== targets (issues 14 and 16), this run; 'info' rows have no target: reported beside",
+        *target_table(rows),
+    ]
+    for mode in args.access_modes:
+        mode_points = [p for p in points if p.access_log == mode]
+        if not mode_points:
+            continue
         lines += [
             "",
-            f"== HTTP: wrk on {HOST}, {args.seconds:g} s per point, {args.rounds} round(s), "
-            f"{args.workers} workers per server (sync gunicorn workers; fcgiwrap children), "
-            f"access log {args.access_log} everywhere, a TCP connect per request everywhere",
-            "vs WSGI / vs CGI: req/s divided by that of plain WSGI / classic CGI at the same "
-            "concurrency. CPU µs/req: CPU of every server process per request (wrk not counted)",
+            f"== HTTP, access log {mode} everywhere: wrk on {HOST}, {args.seconds:g} s per point, "
+            f"{args.rounds} round(s), {args.workers} workers per server (sync gunicorn workers; "
+            "fcgiwrap children; wasmtime serve: its own runtime on every CPU), "
+            "a TCP connect per request everywhere (wrk asks wasmtime serve to close)",
+            "vs WSGI: req/s over plain WSGI's (GET /hello). vs CGI: over the same program as "
+            "classic CGI (/hello: C; /py: python3). CPU µs/req: every server process, wrk not "
+            "counted",
             "",
         ]
-        lines += http_table(points, args.concurrency)
-        for p in points:
+        lines += http_table(mode_points, args.concurrency)
+        for p in mode_points:
             if p.errors:
                 lines.append(f"errors: {p.contender} c={p.concurrency}: {p.first_error}")
-        lines += target_lines(points, micro)
-    elif micro:
-        lines += ["", *target_lines([], micro)]
-    if memory:
-        lines += ["", *memory_lines(entries, memory)]
-    if soaks:
-        lines += ["", *soak_lines(soaks)]
+    for name, reason in http["unavailable"].items():
+        lines.append(f"not available: {name}: {reason}")
+    if stream:
+        lines += ["", "== 1 GiB streamed body (one worker; figures of its second request)"]
+        for label, result in stream.items():
+            if result.get("ok"):
+                lines.append(
+                    f"{label:<14} {result['mb_per_s']:8,.0f} MB/s in {result['seconds']:.2f} s, "
+                    f"worker RSS {result['rss_before_kib'] / 1024:.1f} MiB before, peak growth "
+                    f"{result['rss_peak_growth_kib'] / 1024:+.1f} MiB (VmHWM "
+                    f"{result['hwm_growth_kib'] / 1024:+.1f} MiB); first request, from a fresh "
+                    f"worker: {result['first_rss_peak_growth_kib'] / 1024:+.1f} MiB"
+                )
+            else:
+                lines.append(f"{label:<14} failed: {result.get('error') or result}")
+    if http["memory"]:
+        lines += ["", *memory_lines(http["entries"], http["memory"])]
+    if http["soaks"]:
+        lines += ["", *soak_lines(http["soaks"])]
     if micro_printouts:
         lines += ["", "== in-process (bench/engine_overhead.py, one run per engine)"]
         for printout in micro_printouts:

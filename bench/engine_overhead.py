@@ -458,6 +458,7 @@ def bench_engine(
     runs: int,
     json_path: Path | None = None,
     profile_dir: Path | None = None,
+    components: Mapping[str, Path] | None = None,
 ) -> int:
     """Benchmark engine ``name`` in this process. Returns an exit status."""
     mem_start = memory_kib()
@@ -578,6 +579,23 @@ def bench_engine(
         )
         pool.close()
 
+    component_figures: dict[str, Any] = {}
+    component_timings: list[Timing] = []
+    env_core = None
+    if components:
+        component_figures, component_timings = time_components(engine, runs, components)
+        if "c" in components:
+            env_module = engine.load(ROOT / "samples" / "env.wasm")
+            env_core = time_runs(
+                "C env sample (core module)",
+                engine,
+                env_module,
+                max(50, runs // 4),
+                ["/env"],
+                REQUEST_ENV,
+                b"GREETING=hello from modules.toml",
+            )
+
     print(
         f"\n== engine.run micro-benchmark: {name} {engine_version(name)} "
         f"(Python {platform.python_version()}), {module_path.relative_to(ROOT)}, {runs} runs"
@@ -639,6 +657,15 @@ def bench_engine(
         [wsgi_plain, wsgi_werkzeug, wsgi_wagi, *([handoff] if handoff else [])],
     )
 
+    if components:
+        print_table(
+            "\ncomponents (built by bench/compare.py), 25 env vars, stdout buffered",
+            [*component_timings, *([env_core] if env_core else [])],
+        )
+        for kind, figures in component_figures.items():
+            if not figures["available"]:
+                print(f"component {kind}: not available: {figures['reason']}")
+
     profiles: list[Path] = []
     if profile_dir is not None:
         profiles = write_profiles(
@@ -663,6 +690,8 @@ def bench_engine(
         timings |= {"hello_pipe": hello_piped, "lines_pipe": lines_piped}
     if handoff is not None:
         timings["runner_handoff"] = handoff
+    if env_core is not None:
+        timings["env_core"] = env_core
     failures = {t.label: t.failures for t in timings.values() if t.failures}
     if json_path is not None:
         figures = {
@@ -682,6 +711,7 @@ def bench_engine(
                 "end": mem_end,
             },
             "profiles": [str(p) for p in profiles],
+            "components": component_figures,
             "failures": failures,
         }
         json_path.write_text(json.dumps(figures, indent=2) + "\n")
@@ -689,6 +719,41 @@ def bench_engine(
         print(f"WARNING: runs that did not give the expected output: {failures}", file=sys.stderr)
         return 1
     return 0
+
+
+def time_components(
+    engine: Engine, runs: int, paths: Mapping[str, Path]
+) -> tuple[dict[str, Any], list[Timing]]:
+    """Runs of the components compare.py built, on this engine, if it loads them.
+
+    ``py``: ``bench/cgi/hello.py`` built by componentize-py (``wasi:cli/run``);
+    ``c``: ``samples/env.wasm`` made a component through the preview 1 adapter,
+    timed beside the core module itself (``env_core``). An engine that cannot load
+    or run a component is reported "not available" with its reason: wagi's
+    component support is optional to this script.
+    """
+    expect = {"py": b'"hello": "world"', "c": b"GREETING=hello from modules.toml"}
+    labels = {"py": "componentize-py hello (component)", "c": "C env sample (component)"}
+    figures: dict[str, Any] = {}
+    timings: list[Timing] = []
+    count = max(50, runs // 4)
+    for kind, path in paths.items():
+        argv = ["/py"] if kind == "py" else ["/env"]
+        try:
+            component = engine.load(path)
+            check = engine.run(
+                component, Invocation(entrypoint="_start", argv=argv, env=REQUEST_ENV)
+            )
+            if not (check.succeeded and expect[kind] in check.stdout):
+                raise RuntimeError(f"wrong output: {check.stdout[:200]!r} {check.stderr[:200]!r}")
+        except Exception as exc:  # wagi without component support, or a failing run
+            reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
+            figures[kind] = {"available": False, "reason": reason}
+            continue
+        timing = time_runs(labels[kind], engine, component, count, argv, REQUEST_ENV, expect[kind])
+        figures[kind] = {"available": True, "timing": timing.as_json(f"component_{kind}")}
+        timings.append(timing)
+    return figures, timings
 
 
 def resolve(requested: str) -> list[str]:
@@ -716,13 +781,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--module", type=Path, default=DEFAULT_MODULE, help="a _start module")
     parser.add_argument("--json", type=Path, help="write the figures to this file (one engine)")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="write profiles into DIR")
+    parser.add_argument(
+        "--component-py", type=Path, help="time this componentize-py hello (wasi:cli/run)"
+    )
+    parser.add_argument(
+        "--component-c", type=Path, help="time this C component beside samples/env.wasm"
+    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     module_path = args.module.resolve()
     names = resolve(args.engine)
     if len(names) == 1 and args.engine != "all":
-        return bench_engine(names[0], module_path, args.runs, args.json, args.profile)
+        components = {
+            kind: path
+            for kind, path in (("py", args.component_py), ("c", args.component_c))
+            if path is not None
+        }
+        return bench_engine(names[0], module_path, args.runs, args.json, args.profile, components)
     if args.json is not None:
         parser.error("--json needs one engine (--engine wasmer or wasmtime)")
     # Several engines: each in a fresh process; this one never creates an engine.

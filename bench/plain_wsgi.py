@@ -20,3 +20,19 @@ HEADERS = [("Content-Type", "text/plain"), ("Content-Length", str(len(BODY)))]
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     start_response("200 OK", HEADERS)
     return [BODY]
+
+
+STREAM_CHUNK = bytes(256 * 1024)
+STREAM_CHUNKS = 4096
+"""1 GiB of zero bytes in 256 KiB chunks: what ``bench/stream.wat`` writes (in 1 MiB writes)."""
+
+
+def stream_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """The plain-WSGI side of compare.py's 1 GiB stream: the same bytes, yielded.
+
+    Only ``/stream`` streams; any other path (the start-up check's ``/healthz``) is hello.
+    """
+    if environ.get("PATH_INFO") != "/stream":
+        return app(environ, start_response)
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return (STREAM_CHUNK for _ in range(STREAM_CHUNKS))

@@ -98,7 +98,7 @@ def _env_sample_body() -> re.Pattern[bytes]:
     """What ``samples/env.wasm`` prints for ``GET /env/x?a=1`` sent by ``http.client``.
 
     Every line is exact except the client's port and the server's port, which
-    change from run to run.
+    change from run to run, and the request id, when there is one.
     """
     port, host = b"\x00PORT\x00", b"127.0.0.1:\x00PORT\x00"
     lines = [
@@ -130,7 +130,8 @@ def _env_sample_body() -> re.Pattern[bytes]:
         b"X_RAW_PATH_INFO=/x",
     ]
     text = re.escape(b"\n".join(lines) + b"\n").replace(re.escape(port), rb"\d+")
-    return re.compile(text)
+    # X_REQUEST_ID: only when request ids are on; its value differs per request.
+    return re.compile(text + rb"(?:X_REQUEST_ID=[!-~]+\n)?")
 
 
 HELLO_BODY = b"Hello, world!\n"
