@@ -206,7 +206,8 @@ def cgi_variables(
             env[key] = value
     # WSGI strings are latin-1 decoded bytes; give modules the bytes back as UTF-8 text
     # where they are UTF-8.
-    env = {k: v if v.isascii() else _wsgi_to_text(v) for k, v in env.items()}
+    if not "".join(env.values()).isascii():
+        env = {k: v if v.isascii() else _wsgi_to_text(v) for k, v in env.items()}
     env["PATH_INFO"] = env["PATH_TRANSLATED"] = unquote(_wsgi_to_text(raw_path_info))
     return env
 

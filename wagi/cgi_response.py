@@ -27,6 +27,7 @@ may be sent: an informational ``1xx`` makes the response invalid. A response nee
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -94,8 +95,12 @@ def parse_cgi_response(output: bytes) -> CgiResponse:
     return CgiResponse(head.status, head.reason, head.headers, parts[1])
 
 
+@functools.lru_cache(maxsize=512)
 def parse_head(block: bytes) -> CgiHead:
-    """Parse a header block (from :func:`split_head`); raise :class:`BadCgiResponse`."""
+    """Parse a header block (from :func:`split_head`); raise :class:`BadCgiResponse`.
+
+    A route's module mostly prints the same header block every time, so parsed heads are
+    remembered: callers must not change the ``headers`` list they get (copy it)."""
     lines = [line for line in block.replace(b"\r", b"").split(b"\n") if line]
     headers: list[tuple[str, str]] = []
     status: int | None = None

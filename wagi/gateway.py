@@ -324,7 +324,8 @@ class Gateway:
             health.watch(watchdog.problem)
         # Spooled bodies and scratch directories go there, and the wall grants that very
         # directory: one made again would be out of reach of the confined worker.
-        health.watch(lambda: scratch.folder_problem(transient))
+        transient_path = str(transient)  # a str: no path object made on every request
+        health.watch(lambda: scratch.folder_problem(transient_path))
         if serving and plan.worker is not None:
             try:
                 sites.confine_this_thread()

@@ -128,7 +128,7 @@ def worker_folder() -> Path:
     return _worker[1]
 
 
-def folder_problem(folder: Path) -> str:
+def folder_problem(folder: Path | str) -> str:
     """Why ``folder`` (a :func:`worker_folder`) can no longer serve, or ``""``: one stat."""
     if os.path.isdir(folder):
         return ""

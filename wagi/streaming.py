@@ -140,9 +140,9 @@ class ClientStream(StdoutSink):
         if not parts[1]:
             # The status goes out with the first body byte: a module that fails before
             # writing one still gets a clean error response (a 504 for a timeout).
-            self._head = (status, head.headers)
+            self._head = (status, list(head.headers))
             return
-        self._begin((status, head.headers), parts[1])
+        self._begin((status, list(head.headers)), parts[1])
 
     def _begin(self, head: tuple[str, list[tuple[str, str]]], body: bytes) -> None:
         self._write = self._start_response(*head)
