@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from wagi.cgi_request import DEFAULT_ARGV, ArgvTemplate
 from wagi.outbound_http import Origin, parse_allowed_hosts, parse_max_concurrency
-from wagi.routing import validate_route
+from wagi.routing import validate_host, validate_route
 from wagi.settings import ENV_NAME, parse_byte_size, parse_seconds
 
 if sys.version_info >= (3, 11):
@@ -114,6 +114,14 @@ MODULE_KEYS: tuple[ModuleKey, ...] = (
         "path, or `{ path = ..., max_size = ... }`), removed after the request; what the "
         "module writes to files is bounded by `max_size` (default 64 MiB).",
         '{ path = "/tmp", max_size = "16 MiB" }',
+    ),
+    ModuleKey(
+        "host",
+        "A virtual host: the route answers only requests for this host name (the `Host` "
+        "header, or the trusted proxy's `X-Forwarded-Host`; any port; case-insensitive). "
+        "The routes of the request's host are tried first, the most specific winning; "
+        "routes without `host` answer every host. A DNS name, without port or scheme.",
+        '"admin.example.com"',
     ),
     ModuleKey(
         "repository",
@@ -290,6 +298,8 @@ class ModuleEntry:
     tmp: Scratch | None = None
     timeout: float | None = None
     max_memory: int | None = None
+    host: str | None = None
+    """The virtual host the route answers (lowercase); ``None`` answers every host."""
 
     @property
     def label(self) -> str:
@@ -346,15 +356,17 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         raise ConfigError(f"{path}: no [[module]] entries; nothing to serve")
     base_dir = path.parent.resolve()
     entries: list[ModuleEntry] = []
-    seen: dict[str, int] = {}
+    seen: dict[tuple[str | None, str], int] = {}
     for index, table in enumerate(tables, start=1):
         entry = _EntryParser(path, base_dir, index, table).parse()
-        if entry.route in seen:
+        first = seen.get((entry.host, entry.route))
+        if first is not None:
+            for_host = "" if entry.host is None else f" for host {entry.host!r}"
             raise ConfigError(
                 f"{path}: {entry.label}, key 'route': duplicate "
-                f"route, already declared by {entry_label(seen[entry.route])}"
+                f"route{for_host}, already declared by {entry_label(first)}"
             )
-        seen[entry.route] = index
+        seen[(entry.host, entry.route)] = index
         entries.append(entry)
     return Config(path=path, modules=tuple(entries))
 
@@ -397,6 +409,7 @@ class _EntryParser:
             tmp=self.scratch(t.get("tmp", False)),
             timeout=self.limit("timeout", parse_seconds),
             max_memory=self.limit("max_memory", parse_byte_size),
+            host=self.limit("host", validate_host),
         )
 
     def string(self, key: str, default: str, pattern: re.Pattern[str] | None = None) -> str:

@@ -55,7 +55,7 @@ from wagi.loader import ModuleLoader
 from wagi.module_log import ModuleLog
 from wagi.observe import Observation, Observer
 from wagi.policy import EngineChoice, choose_engine
-from wagi.routing import RoutingTable
+from wagi.routing import RoutingTable, request_host
 from wagi.runner import Job
 from wagi.settings import ServerSettings
 from wagi.watchdog import Watchdog, WatchdogGone
@@ -300,7 +300,9 @@ class Gateway:
         if "%00" in raw_path or "\0" in raw_path:
             # PATH_INFO would hold a NUL, which no C string (argv, environment) can carry.
             return error_response(400, "the path holds a NUL byte (%00)")
-        match = self.table.match(raw_path)
+        match = self.table.match(
+            raw_path, request_host(request.environ, self.settings.default_host)
+        )
         if match is None:
             return error_response(404)
         if self.health.problem():
