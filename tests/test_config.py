@@ -136,6 +136,10 @@ def test_file_url_module(tmp_path: Path) -> None:
         (entry('host = "*.example"'), "key 'host': expected a DNS name"),
         (entry("host = 1"), "key 'host': expected a host name"),
         (
+            entry('volumes = { "/tmp" = "." }\ntmp = true'),
+            "(route '/x'), key 'tmp': '/tmp' is already a volume",
+        ),
+        (
             '[[module]]\nroute = "/m"\nmodule = "missing.wasm"\n',
             "key 'module': module file 'missing.wasm'",
         ),
