@@ -88,8 +88,8 @@ def test_check_reports_a_bad_config_precisely(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.decode() == (
         f"wagi: error: {config}: [[module]] #1 (route '/x'), key 'colour': unknown key (known "
-        "keys: allowed_hosts, argv, entrypoint, environment, http_max_concurrency, max_memory, "
-        "module, repository, route, timeout, tmp, volumes)\n"
+        "keys: allowed_hosts, argv, entrypoint, environment, host, http_max_concurrency, "
+        "max_memory, module, repository, route, timeout, tmp, volumes)\n"
     )
 
 

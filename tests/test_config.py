@@ -69,6 +69,16 @@ def test_full_entry(tmp_path: Path) -> None:
     assert module.max_memory == 64 * 1024 * 1024
 
 
+def test_hosts_are_lowercase_and_one_route_may_serve_several_hosts(tmp_path: Path) -> None:
+    text = entry() + entry('host = "Admin.Example.com"') + entry('host = "shop.example.com"')
+    modules = load_config(write(tmp_path, text)).modules
+    assert [(m.route, m.host) for m in modules] == [
+        ("/x", None),
+        ("/x", "admin.example.com"),
+        ("/x", "shop.example.com"),
+    ]
+
+
 def test_file_url_module(tmp_path: Path) -> None:
     (module,) = load_config(write(tmp_path, entry().replace(str(PROBE), f"file://{PROBE}"))).modules
     assert module.module == LocalModule(PROBE)
@@ -112,6 +122,22 @@ def test_file_url_module(tmp_path: Path) -> None:
             entry() + entry(),
             "[[module]] #2 (route '/x'), key 'route': duplicate route, already "
             "declared by [[module]] #1",
+        ),
+        (
+            entry('host = "a.example"') + entry('host = "A.example."'),
+            "[[module]] #2 (route '/x'), key 'route': duplicate route for host 'a.example', "
+            "already declared by [[module]] #1",
+        ),
+        (
+            entry('host = "a.example:80"'),
+            "(route '/x'), key 'host': a host is a name without a port",
+        ),
+        (entry('host = "http://a.example"'), "key 'host': a host is a name without scheme"),
+        (entry('host = "*.example"'), "key 'host': expected a DNS name"),
+        (entry("host = 1"), "key 'host': expected a host name"),
+        (
+            entry('volumes = { "/tmp" = "." }\ntmp = true'),
+            "(route '/x'), key 'tmp': '/tmp' is already a volume",
         ),
         (
             '[[module]]\nroute = "/m"\nmodule = "missing.wasm"\n',

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
 from wagi import settings
 from wagi.cgi_request import ArgvTemplate, build_argv
+from wagi.engines import ENGINE_NAMES, ENGINES, EngineName, engine_class, importable
+
+from .conftest import ROOT
 
 
 def parse(argv: list[str], environ: dict[str, str] | None = None) -> settings.ServerSettings:
@@ -126,3 +131,64 @@ def test_reference_table_lists_every_setting() -> None:
     table = settings.reference_table()
     for s in settings.SETTINGS:
         assert s.flag in table and s.env_var in table
+
+
+def test_server_settings_has_one_field_per_setting_in_order() -> None:
+    # ServerSettings declares only types; SETTINGS declares the rest. They must agree.
+    assert [s.name for s in settings.SETTINGS] == [
+        f.name for f in dataclasses.fields(settings.ServerSettings)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "member"),
+    [
+        ("--engine", "auto", "auto"),
+        ("--engine", "wasmtime", EngineName.WASMTIME),
+        ("--engine", "wasmer", EngineName.WASMER),
+        ("--log-format", "json", settings.LogFormat.JSON),
+        ("--kernel-wall", "required", settings.KernelWall.REQUIRED),
+        ("--kernel-wall", "off", settings.KernelWall.OFF),
+    ],
+)
+def test_closed_sets_parse_to_members_that_read_as_their_words(
+    flag: str, value: str, member: object
+) -> None:
+    s = parse([flag, value])
+    parsed = getattr(s, flag.removeprefix("--").replace("-", "_"))
+    assert parsed == member == value and type(parsed) is type(member)
+    assert (str(parsed), f"{parsed}") == (value, value)
+    assert settings.to_environ(s)["WAGI_" + flag[2:].upper().replace("-", "_")] == value
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--log-format", "xml"], "--log-format: expected one of text, json, got 'xml'"),
+        (["--kernel-wall", "on"], "--kernel-wall: expected one of auto, required, off, got 'on'"),
+    ],
+)
+def test_closed_sets_refuse_other_words(argv: list[str], message: str) -> None:
+    with pytest.raises(settings.SettingsError, match=re.escape(message)):
+        parse(argv)
+
+
+def test_engine_help_reads_the_engines_table() -> None:
+    (engine,) = [s for s in settings.SETTINGS if s.name == "engine"]
+    assert engine.help == (
+        "WebAssembly engine: auto (wasmer where it can honour the configuration, else "
+        "wasmtime), wasmer or wasmtime."
+    )
+    assert engine.metavar == "auto|wasmer|wasmtime"
+
+
+def test_engine_names_are_declared_only_in_the_engines_table() -> None:
+    # Settings, policy and their messages read the names from wagi.engines.ENGINES.
+    for module in ("settings.py", "policy.py", "config.py", "cli.py"):
+        text = (ROOT / "wagi" / module).read_text()
+        for name in ENGINE_NAMES:
+            assert f'"{name}"' not in text and f"'{name}'" not in text, (module, name)
+    assert [spec.name for spec in ENGINES] == list(EngineName)
+    for name in ENGINE_NAMES:
+        if importable(name)[0]:
+            assert engine_class(name).name == name

@@ -143,10 +143,15 @@ def check(args: argparse.Namespace) -> int:
         print(f"  oci://{reference} is {digest}")
     if not args.quiet:
         width = max(len(r.pattern) for r in routes)
-        for route in routes:
+        # A host column only when some route has a host ("*": every host), so a table
+        # without virtual hosts reads as it always did.
+        hosts = [r.host or "*" for r in routes] if any(r.host for r in routes) else None
+        host_width = max(map(len, hosts)) if hosts else 0
+        for number, route in enumerate(routes):
             handler = route.handler
             module = _shown_path(handler.entry.module, config.path)
-            print(f"  {route.pattern:<{width}}  {module}  {handler.entrypoint}")
+            host = f"{hosts[number]:<{host_width}}  " if hosts else ""
+            print(f"  {host}{route.pattern:<{width}}  {module}  {handler.entrypoint}")
     return 0
 
 

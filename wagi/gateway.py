@@ -61,7 +61,7 @@ from wagi.module_log import ModuleLog
 from wagi.observe import Observation, Observer
 from wagi.observe import current as current_observation
 from wagi.policy import EngineChoice, choose_engine
-from wagi.routing import RoutingTable
+from wagi.routing import RoutingTable, request_host
 from wagi.settings import ServerSettings
 from wagi.streaming import ClientStream, status_line
 from wagi.watchdog import Watchdog, WatchdogGone
@@ -367,7 +367,7 @@ class Gateway:
         if "%00" in raw_path or "\0" in raw_path:
             # PATH_INFO would hold a NUL, which no C string (argv, environment) can carry.
             return NUL_IN_PATH
-        match = self.table.match(raw_path)
+        match = self.table.match(raw_path, request_host(environ, self.settings.default_host))
         if match is None:
             return NOT_FOUND
         if self.health.problem():

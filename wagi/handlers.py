@@ -181,7 +181,7 @@ def build_routing_table(
                 raise StartupError(problem) from None
             logger.error("%s; the route answers 500 until the file is fixed", problem)
             parent = make_handler(entry, entry.entrypoint, global_env, settings)
-            routes.append(Route(entry.route, parent, (entry.index, 0)))
+            routes.append(Route(entry.route, parent, (entry.index, 0), entry.host))
             continue
         if entry.entrypoint not in module.exports:
             raise StartupError(
@@ -193,7 +193,7 @@ def build_routing_table(
             engine.prepare(module, parent.limits)
         except EngineError as exc:
             raise StartupError(f"{where}: {exc}") from None
-        routes.append(Route(entry.route, parent, (entry.index, 0)))
+        routes.append(Route(entry.route, parent, (entry.index, 0), entry.host))
         if ROUTES_EXPORT not in module.exports:
             continue
         listing = dataclasses.replace(parent, entrypoint=ROUTES_EXPORT)
@@ -207,5 +207,6 @@ def build_routing_table(
         pairs = parse_routes_output(entry, result.stdout, module.exports)
         for number, (pattern, export) in enumerate(pairs, start=1):
             handler = make_handler(entry, export, global_env, settings)
-            routes.append(Route(pattern, handler, (entry.index, number)))
+            # A sub-route answers the host its parent answers.
+            routes.append(Route(pattern, handler, (entry.index, number), entry.host))
     return RoutingTable(routes)

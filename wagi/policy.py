@@ -19,8 +19,12 @@ from dataclasses import dataclass
 
 from wagi import wall
 from wagi.config import Config
-from wagi.engines import engine_class, importable
+from wagi.engines import ENGINE_NAMES, engine_class, importable
 from wagi.engines.base import Capabilities
+
+_FALLBACK = ENGINE_NAMES[-1]
+"""The engine ``--engine auto`` falls back to, which honours every setting: the one a
+refusal suggests."""
 
 
 class EngineUnavailable(Exception):
@@ -76,18 +80,18 @@ def refusals(
                     f"{where}, key 'volumes': {name} does not confine a module to its volumes "
                     "(absolute paths and symlinks reach any host file) and the kernel wall is "
                     f"not available ({available.why}), so wagi maps no volumes with it; use the "
-                    "wasmtime engine"
+                    f"{_FALLBACK} engine"
                 )
             elif any(v.read_only for v in entry.volumes):
                 problems.append(
                     f"{where}, key 'volumes': {name} opens every file read-write, so behind "
                     "the kernel wall a read-only volume could not even be read; use the "
-                    "wasmtime engine or make the volume read-write"
+                    f"{_FALLBACK} engine or make the volume read-write"
                 )
         elif any(v.read_only for v in entry.volumes) and not caps.read_only_volumes:
             problems.append(
                 f"{where}, key 'volumes': {name} cannot make a volume read-only; "
-                "use the wasmtime engine"
+                f"use the {_FALLBACK} engine"
             )
         if entry.tmp and not (caps.volumes and caps.write_budget):
             problems.append(
@@ -98,19 +102,19 @@ def refusals(
                     else "confine a module to a directory (absolute paths and symlinks reach "
                     "any host file)"
                 )
-                + ", so it gives modules no scratch directory; use the wasmtime engine"
+                + f", so it gives modules no scratch directory; use the {_FALLBACK} engine"
             )
         if (entry.allowed_hosts or entry.http_max_concurrency) and not caps.outbound_http:
             key = "allowed_hosts" if entry.allowed_hosts else "http_max_concurrency"
             problems.append(
                 f"{where}, key {key!r}: {name} cannot give modules outbound HTTP; "
-                "use the wasmtime engine"
+                f"use the {_FALLBACK} engine"
             )
         if (entry.max_memory or max_memory) and not caps.memory_limit:
             key = "max_memory" if entry.max_memory else "--max-memory"
             problems.append(
                 f"{where}, {key!r}: {name} cannot limit a module's memory; "
-                "use the wasmtime engine or drop the limit"
+                f"use the {_FALLBACK} engine or drop the limit"
             )
     return problems
 
@@ -123,6 +127,7 @@ def choose_engine(
     Raises :class:`EngineUnavailable` when an explicitly requested engine cannot
     be imported or cannot honour every setting (it never silently ignores one).
     """
+    requested = str(requested)  # settings give an EngineName, whose repr is not its name
     if requested != "auto":
         ok, why = importable(requested)
         if not ok:
@@ -135,23 +140,29 @@ def choose_engine(
             )
         cls = engine_class(requested)
         return EngineChoice(requested, "requested explicitly", cls.capabilities, kernel_wall)
-    ok, why = importable("wasmer")
-    if ok:
-        problems = refusals("wasmer", config, max_memory, kernel_wall)
-        if not problems:
-            cls = engine_class("wasmer")
-            return EngineChoice(
-                "wasmer",
-                "auto: wasmer imports and honours every setting",
-                cls.capabilities,
-                kernel_wall,
-            )
-        why = "wasmer cannot honour this configuration: " + problems[0]
-    ok_wt, why_wt = importable("wasmtime")
-    if not ok_wt:
-        raise EngineUnavailable(f"no engine is available: {why}; {why_wt}")
-    cls = engine_class("wasmtime")
-    return EngineChoice("wasmtime", f"auto: {why}", cls.capabilities, kernel_wall)
+    # The engines in auto's order of preference: the first that imports and honours every
+    # setting, else the last, which honours them all.
+    *preferred, fallback = ENGINE_NAMES
+    reasons = []
+    for name in preferred:
+        ok, why = importable(name)
+        if ok:
+            problems = refusals(name, config, max_memory, kernel_wall)
+            if not problems:
+                return EngineChoice(
+                    name,
+                    f"auto: {name} imports and honours every setting",
+                    engine_class(name).capabilities,
+                    kernel_wall,
+                )
+            why = f"{name} cannot honour this configuration: " + problems[0]
+        reasons.append(why)
+    why = "; ".join(reasons)
+    ok, why_fallback = importable(fallback)
+    if not ok:
+        raise EngineUnavailable(f"no engine is available: {why}; {why_fallback}")
+    cls = engine_class(fallback)
+    return EngineChoice(fallback, f"auto: {why}", cls.capabilities, kernel_wall)
 
 
 def worker_kind(worker_class: str) -> str | None:
@@ -194,6 +205,6 @@ def worker_problem(choice: EngineChoice, worker_class: str, threads: int) -> str
             f"engine {choice.name!r} ({choice.reason}) cannot serve gunicorn's gthread worker "
             f"(--worker-class {worker_class}, --threads {threads}): its objects may only be used "
             "on the thread that created them, and gthread serves requests on other threads; "
-            "use the sync worker with --threads 1, or --engine wasmtime"
+            f"use the sync worker with --threads 1, or --engine {_FALLBACK}"
         )
     return None

@@ -17,13 +17,46 @@ import os
 import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal, TypeAlias
 
-ENGINE_CHOICES = ("auto", "wasmer", "wasmtime")
-LOG_FORMATS = ("text", "json")
-KERNEL_WALL_CHOICES = ("auto", "required", "off")
+from wagi.engines import ENGINE_NAMES, EngineName
+
+
+class Choice(str, Enum):
+    """A value of a closed set of choices: a ``str`` that compares, formats and prints as
+    the word it stands for, so ``WAGI_*`` variables and flags read and write it unchanged."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class LogFormat(Choice):
+    """``--log-format``."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+class KernelWall(Choice):
+    """``--kernel-wall``: whether Landlock walls the threads that run modules."""
+
+    AUTO: Final = "auto"
+    REQUIRED = "required"
+    OFF = "off"
+
+
+AUTO: Final = "auto"
+"""``--engine auto``: let :func:`wagi.policy.choose_engine` pick from the engines table."""
+
+EngineSetting: TypeAlias = EngineName | Literal["auto"]
+"""``--engine``: an engine, or ``auto``."""
+
+ENGINE_CHOICES = (AUTO, *ENGINE_NAMES)
+LOG_FORMATS = tuple(member.value for member in LogFormat)
+KERNEL_WALL_CHOICES = tuple(member.value for member in KernelWall)
 
 _UNITS = {
     "": 1,
@@ -124,6 +157,18 @@ def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
     return parse
 
 
+def _engine(value: str) -> EngineSetting:
+    value = _one_of(ENGINE_CHOICES)(value)
+    return AUTO if value == AUTO else EngineName(value)
+
+
+def _engine_help() -> str:
+    """``--engine``'s help, in the engines table's words and order."""
+    *preferred, last = ENGINE_NAMES
+    auto = "".join(f"{name} where it can honour the configuration, else " for name in preferred)
+    return f"WebAssembly engine: {AUTO} ({auto}{last}), {', '.join(preferred)} or {last}."
+
+
 def bind_address(value: str) -> tuple[str, int]:
     """``"127.0.0.1:9100"`` -> ``("127.0.0.1", 9100)``; ``"[::1]:9100"`` -> ``("::1", 9100)``."""
     host, sep, port = value.rpartition(":")
@@ -221,10 +266,9 @@ SETTINGS: Sequence[Setting] = (
     Setting(
         "engine",
         "--engine",
-        "WebAssembly engine: auto (wasmer where it can honour the configuration, else "
-        "wasmtime), wasmer or wasmtime.",
-        "auto",
-        _one_of(ENGINE_CHOICES),
+        _engine_help(),
+        AUTO,
+        _engine,
         metavar="|".join(ENGINE_CHOICES),
     ),
     Setting(
@@ -316,8 +360,8 @@ SETTINGS: Sequence[Setting] = (
         "How log lines are written: text, or json (one object per line, for log shippers: "
         "gunicorn's access and error logs, wagi's events and module stderr, with route, "
         "request id, engine, duration and ending).",
-        "text",
-        _one_of(LOG_FORMATS),
+        LogFormat.TEXT,
+        lambda value: LogFormat(_one_of(LOG_FORMATS)(value)),
         metavar="|".join(LOG_FORMATS),
     ),
     Setting(
@@ -336,8 +380,8 @@ SETTINGS: Sequence[Setting] = (
         "that run modules to the volumes and what a run needs (docs/security.md). auto: up "
         "wherever the kernel has Landlock; required: refuse to start without it; off: none "
         "(then wasmer maps no volumes).",
-        "auto",
-        _one_of(KERNEL_WALL_CHOICES),
+        KernelWall.AUTO,
+        lambda value: KernelWall(_one_of(KERNEL_WALL_CHOICES)(value)),
         metavar="|".join(KERNEL_WALL_CHOICES),
     ),
 )
@@ -347,7 +391,8 @@ SETTINGS: Sequence[Setting] = (
 class ServerSettings:
     """The parsed server options: only types here, defaults and meaning are in :data:`SETTINGS`.
 
-    Build one with :func:`load`.
+    Build one with :func:`load`. Its fields are the settings' names, in the same order
+    (tests/test_settings.py checks it).
     """
 
     config: Path
@@ -356,7 +401,7 @@ class ServerSettings:
     default_host: str
     log_dir: Path | None
     cache_dir: Path | None
-    engine: str
+    engine: EngineSetting
     timeout: float
     max_memory: int | None
     max_body: int
@@ -366,12 +411,9 @@ class ServerSettings:
     trusted_proxy_hops: int
     oci_ca_file: Path | None
     oci_plain_http: str
-    log_format: str
+    log_format: LogFormat
     metrics_bind: str | None
-    kernel_wall: str
-
-
-assert [s.name for s in SETTINGS] == [f.name for f in fields(ServerSettings)]
+    kernel_wall: KernelWall
 
 
 class SettingsError(ValueError):

@@ -13,25 +13,64 @@ from __future__ import annotations
 import importlib
 import platform
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from wagi.engines.base import Engine
 from wagi.engines.cache import ArtifactCache
 
-ENGINE_NAMES = ("wasmer", "wasmtime")
-_CLASSES = {
-    "wasmer": ("wagi.engines.wasmer_engine", "WasmerEngine"),
-    "wasmtime": ("wagi.engines.wasmtime_engine", "WasmtimeEngine"),
-}
-_PACKAGES = {
-    # The compiler is a separate wheel; both must import.
-    "wasmer": ("wasmer", "wasmer_compiler_cranelift"),
-    "wasmtime": ("wasmtime",),
-}
-_HINTS = {
-    "wasmer": "wasmer-python 1.1.0 has native wheels for CPython 3.7-3.10 only; "
-    "both wasmer and wasmer-compiler-cranelift are needed",
-}
+
+class EngineName(str, Enum):
+    """The engines wagi knows. A ``str``: it compares, formats and prints as its name."""
+
+    WASMER = "wasmer"
+    WASMTIME = "wasmtime"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What wagi needs to know of an engine before importing it."""
+
+    name: EngineName
+    module: str
+    """The module that holds its :class:`~wagi.engines.base.Engine` class, ``class_name``."""
+    class_name: str
+    packages: tuple[str, ...]
+    """The Python packages that must import for it to run."""
+    install_hint: str | None = None
+    """Added to the message when one of them does not import."""
+
+
+ENGINES: tuple[EngineSpec, ...] = (
+    EngineSpec(
+        EngineName.WASMER,
+        "wagi.engines.wasmer_engine",
+        "WasmerEngine",
+        # The compiler is a separate wheel; both must import.
+        ("wasmer", "wasmer_compiler_cranelift"),
+        "wasmer-python 1.1.0 has native wheels for CPython 3.7-3.10 only; "
+        "both wasmer and wasmer-compiler-cranelift are needed",
+    ),
+    EngineSpec(
+        EngineName.WASMTIME, "wagi.engines.wasmtime_engine", "WasmtimeEngine", ("wasmtime",)
+    ),
+)
+"""Every engine, in the order ``--engine auto`` prefers them: auto takes the first that
+imports and honours the whole configuration, else the last (which honours every setting)."""
+
+ENGINE_NAMES: tuple[str, ...] = tuple(spec.name.value for spec in ENGINES)
+"""The engines' names, in ``auto``'s order of preference."""
+
+_SPECS = {spec.name.value: spec for spec in ENGINES}
+
+
+def spec(name: str) -> EngineSpec:
+    """The table's row for engine ``name`` (KeyError for a name it does not hold)."""
+    return _SPECS[name]
 
 
 def importable(name: str) -> tuple[bool, str]:
@@ -40,13 +79,14 @@ def importable(name: str) -> tuple[bool, str]:
     Importing is the only honest test: on CPython 3.11+ pip installs a stub
     ``wasmer`` that raises ImportError with a long message.
     """
-    for package in _PACKAGES[name]:
+    row = spec(name)
+    for package in row.packages:
         try:
             importlib.import_module(package)
         except Exception as exc:  # a broken native module must not take wagi down
             text = str(exc).strip()
             first_line = text.splitlines()[0] if text else type(exc).__name__
-            hint = f"; {_HINTS[name]}" if name in _HINTS else ""
+            hint = f"; {row.install_hint}" if row.install_hint else ""
             return False, (
                 f"the {package} package does not import here "
                 f"(Python {platform.python_version()}: {first_line}{hint})"
@@ -55,8 +95,8 @@ def importable(name: str) -> tuple[bool, str]:
 
 
 def engine_class(name: str) -> type[Engine]:
-    module_name, class_name = _CLASSES[name]
-    cls: type[Engine] = getattr(importlib.import_module(module_name), class_name)
+    row = spec(name)
+    cls: type[Engine] = getattr(importlib.import_module(row.module), row.class_name)
     return cls
 
 
