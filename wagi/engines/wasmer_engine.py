@@ -321,7 +321,15 @@ class WasmerEngine(Engine):
 
     def load(self, path: Path) -> WasmerModule:
         path = Path(path)
-        wasm = read_module(path)
+        return self._load(path, read_module(path))
+
+    def load_same(self, module: LoadedModule) -> WasmerModule:
+        """``module`` (loaded by another engine) loaded here from the very bytes it was
+        compiled from, not from its file, which may have changed since."""
+        own = self._own(module)
+        return self._load(own.path, own.wasm)
+
+    def _load(self, path: Path, wasm: bytes) -> WasmerModule:
         digest = content_hash(wasm)
         store, module = self._compile_cached(path, wasm, digest)
         params = {
