@@ -178,8 +178,11 @@ def timeout_problem(worker_timeout: float) -> str | None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Create this worker's engine and routing table before it accepts a request."""
+    """Create this worker's engine and routing table before it accepts a request; from
+    then on, a helper process that dies (the watchdog) takes the worker out at once."""
     app = worker.wsgi
     start = getattr(app, "start", None)
     if start is not None:
-        start()
+        from wagi.worker_health import notice_dead_children
+
+        notice_dead_children(worker, start().health)
