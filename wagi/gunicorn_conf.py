@@ -131,7 +131,8 @@ def check_configuration(server: Any) -> str | None:
     """Check, pull and precompile in a fresh helper process (``wagi check``); the problem, if any.
 
     The helper also checks gunicorn's worker class and threads against the engine
-    (:func:`wagi.policy.worker_problem`): the master imports no engine package. When the
+    (:func:`wagi.policy.worker_problem`), and warns about gunicorn's own TLS with an
+    engine whose timeouts need the watchdog: the master imports no engine package. When the
     configuration checks, the OCI pins it resolved become the master's ``WAGI_OCI_PINS``,
     which the workers spawned from now on inherit.
     """
@@ -144,6 +145,7 @@ def check_configuration(server: Any) -> str | None:
             [
                 *(sys.executable, "-m", "wagi", "check", "--quiet", "--pins-file", str(pins_file)),
                 *("--worker-class", cfg.worker_class_str, "--threads", str(cfg.threads)),
+                *(("--tls",) if cfg.is_ssl else ()),
             ],
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -153,7 +155,10 @@ def check_configuration(server: Any) -> str | None:
     if result.returncode != 0:
         return "\n" + (result.stderr or result.stdout).strip()
     for line in result.stdout.strip().splitlines():
-        server.log.info("%s", line)
+        if line.lstrip().startswith("warning: "):
+            server.log.warning("wagi: %s", line.strip())
+        else:
+            server.log.info("%s", line)
     problem = timeout_problem(server.cfg.timeout)
     if problem is None:
         os.environ[PINS_ENV] = pins
