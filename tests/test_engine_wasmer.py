@@ -510,7 +510,8 @@ def test_volumes_are_refused_without_opt_in(
 
 
 def test_preopen_fd_layout(load: Callable[[str], WasmerModule], tmp_path: Path) -> None:
-    """wasmer shows a virtual '/' at fd 3 and mapped directories from fd 4."""
+    """wasmer shows a virtual '/' at fd 3 and mapped directories from fd 4; wagi moves
+    the volumes to fd 3 on, in their order, and the virtual '/' after them."""
     engine = WasmerEngine(unconfined_volumes=True)
     module = load(
         wat(
@@ -536,7 +537,7 @@ def test_preopen_fd_layout(load: Callable[[str], WasmerModule], tmp_path: Path) 
     preopens = [Preopen("/data", tmp_path / "a"), Preopen("/etc/conf", tmp_path / "b")]
     result = engine.run(module, Invocation(preopens=preopens))
     # Names come back NUL-terminated and without their leading slash.
-    assert result.stdout == b"3=/\0\n4=data\0\n5=etc/conf\0\n"
+    assert result.stdout == b"3=data\0\n4=etc/conf\0\n5=/\0\n"
     with pytest.raises(EngineError, match="read-only"):
         engine.run(module, Invocation(preopens=[Preopen("/r", tmp_path, read_only=True)]))
 

@@ -239,7 +239,8 @@ def serve_a_module_file_and_another(
 def test_a_module_file_truncated_or_replaced_with_garbage_while_serving(
     engine: str, tmp_path: Path, servers: list[Server]
 ) -> None:
-    """Only that route answers 500 (and the log says why) until the file is good again."""
+    """The route keeps serving the last good version (and the log says why, once per
+    version and worker) until the file is good again (docs/reliability.md)."""
     server, module, good = serve_a_module_file_and_another(engine, tmp_path, servers)
     get_ok(server, "/m?hdr&print=ok", b"ok\n")
     garbage = hashlib.sha256(b"garbage").digest() * 1000
@@ -256,11 +257,13 @@ def test_a_module_file_truncated_or_replaced_with_garbage_while_serving(
         damage()
         for _ in range(4):
             r = server.get("/m?hdr&print=ok", headers={"Connection": "close"})
-            assert (r.status_code, r.content) == (500, NOT_LOADED), what
+            assert (r.status_code, r.content) == (200, b"ok\n"), what
         get_ok(server, "/other?hdr&print=fine", b"fine\n", times=2)
         assert server.get("/healthz").status_code == 200
         lines = server.log()[mark:].splitlines()
-        assert any(f"[/m] cannot load {module}: " in line for line in lines), what
+        cannot = f"{module}: this version of the module file cannot be served ("
+        logged = [line for line in lines if cannot in line]
+        assert 1 <= len(logged) <= 2, (what, lines)  # once in each worker that met it
         atomic_write(module, good) if "renamed" in what else module.write_bytes(good)
         get_ok(server, "/m?hdr&print=ok", b"ok\n")
     assert "Booting worker" in server.log()

@@ -425,8 +425,9 @@ def engine_name(request: pytest.FixtureRequest) -> str:
 
 
 def fd_of(engine_name: str, volume: int) -> str:
-    """The WASI fd of the ``volume``-th preopen (wasmer puts a virtual / at fd 3)."""
-    return str(volume + (4 if engine_name == "wasmer" else 3))
+    """The WASI fd of the ``volume``-th preopen: from fd 3 on every engine (wasmer's
+    virtual / follows the volumes)."""
+    return str(volume + 3)
 
 
 EPERM = "ERR EPERM (Operation not permitted)\n"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ENGINES
+from tests.conftest import ENGINES, MODULES, Server
 from tests.wat import WatModule
 from wagi.engines import engine_class
 from wagi.engines.base import Ending, Engine, Invocation, Limits, Preopen
@@ -29,11 +30,6 @@ def engine(request: pytest.FixtureRequest) -> Engine:
     return make_engine(request.param)
 
 
-def first_volume_fd(engine: Engine) -> int:
-    """wasmer shows a virtual / at fd 3 and volumes from fd 4; wasmtime from fd 3."""
-    return 4 if engine.name == "wasmer" else 3
-
-
 def run_module(engine: Engine, tmp_path: Path, module: WatModule, **fields: object) -> object:
     path = tmp_path / "module.wat"
     path.write_text(module.text())
@@ -48,7 +44,7 @@ def test_a_file_renumbered_onto_fd_1_gets_the_writes_to_fd_1(
     module = (
         WatModule()
         .print(HEAD + "to the response\n")
-        .renumber_file_onto(first_volume_fd(engine), "out.txt", 1)
+        .renumber_file_onto(3, "out.txt", 1)  # volumes from fd 3, on every engine
         .print("to the file\n")
         .print("to stderr\n", fd=2)
     )
@@ -59,8 +55,7 @@ def test_a_file_renumbered_onto_fd_1_gets_the_writes_to_fd_1(
     assert result.stderr == b"to stderr\n"  # type: ignore[attr-defined]
 
 
-def test_stdout_renumbered_elsewhere_is_still_the_response(tmp_path: Path) -> None:
-    engine = make_engine("wasmtime")
+def test_stdout_renumbered_elsewhere_is_still_the_response(engine: Engine, tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     # fd 1 moves to fd 3 (over the volume's fd); writes to fd 3 are the response now.
@@ -70,6 +65,26 @@ def test_stdout_renumbered_elsewhere_is_still_the_response(tmp_path: Path) -> No
     result = run_module(engine, tmp_path, module, preopens=[Preopen("/data", data)])
     assert result.ending is Ending.RETURNED  # type: ignore[attr-defined]
     assert result.stdout == (HEAD + "written to fd 3\n").encode()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_a_module_that_moves_its_stdout_is_answered_through_gunicorn(
+    server_factory: Callable[..., Server], engine_name: str
+) -> None:
+    """renumbered.wat moves stdout over fd 0 (``dup2``-style code does) and writes its whole
+    response there, partly in a vectored write, then writes to fd 1, which is closed now."""
+    server = server_factory(
+        f'[[module]]\nroute = "/moved"\nmodule = "{MODULES / "renumbered.wat"}"\n',
+        engine_name,
+        workers=1,
+    )
+    for _ in range(2):  # the second run starts from a fresh fd table
+        r = server.get("/moved")
+        assert (r.status_code, r.headers["Content-Type"], r.content) == (
+            200,
+            "text/plain",
+            b"written to fd 0, in two buffers\nfd_renumber=0 fd_write(1)=8\n",
+        )
 
 
 IOVEC_BOMB = """

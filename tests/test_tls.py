@@ -70,6 +70,25 @@ def test_plain_http_on_the_tls_port_gets_no_module(tls_server: tuple[Server, Pat
         requests.get(server.url.replace("https://", "http://") + "/probe?hdr&env", timeout=30)
 
 
+def test_gunicorns_tls_on_wasmer_is_warned_about_at_start_up(
+    tls_server: tuple[Server, Path], engine: str
+) -> None:
+    """wasmer cannot interrupt a module, and its watchdog cannot answer 504 inside a TLS
+    session it does not hold (test_a_module_timing_out_over_tls): start-up says so."""
+    server, _ = tls_server
+    warnings = [line for line in server.log().splitlines() if "[WARNING] wagi: warning:" in line]
+    if engine != "wasmer":
+        assert warnings == []
+        return
+    assert len(warnings) == 1, warnings
+    assert warnings[0].endswith(
+        "wagi: warning: engine wasmer cannot interrupt a module and gunicorn serves TLS itself "
+        "(--certfile): a module past its timeout ends its client's connection without an "
+        "answer instead of a 504; terminate TLS in nginx in front of wagi "
+        "(docs/deployment.md), or use --engine wasmtime"
+    )
+
+
 def test_a_module_timing_out_over_tls(
     tmp_path: Path, engine: str, request: pytest.FixtureRequest
 ) -> None:

@@ -100,13 +100,42 @@ def test_absolute_paths_past_wasmers_wasi_layer_meet_the_wall(
     WASI layer would follow (tests/test_landlock.py shows it does without the wall)."""
     server, root = walled
     path = target.replace("OTHER", str(root / "other")).replace("ROOT", str(root))
-    read = server.get(f"/esc?x&4&r&{path}")
+    read = server.get(f"/esc?x&3&r&{path}")
     assert "root:" not in read.text and "secret" not in read.text and "host file" not in read.text
-    written = server.get(f"/esc?x&4&w&{root}/pwned.txt")
+    written = server.get(f"/esc?x&3&w&{root}/pwned.txt")
     assert written.status_code == 500  # the module printed "ERR 63", which is not CGI
     assert not (root / "pwned.txt").exists()
     assert "ERR 63" not in read.text  # the details stay in the log, not the response
     assert "a confined thread is up" in server.log()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_volumes_start_at_fd_3_on_every_engine(
+    tmp_path: Path, server_factory: Callable[..., Server], engine: str
+) -> None:
+    """Code that takes its first preopen at fd 3 without asking (Grain's runtime, so WAGI's
+    fileserver) finds the first volume there; wasmer used to show a virtual / at fd 3.
+
+    escaper.wat opens a path relative to the fd it is given and prints the file: each file
+    here is itself a CGI response, so the route answers 200 only if the right one is found.
+    """
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "page").write_text(f"Content-Type: text/plain\n\nthe {name} volume\n")
+    server = server_factory(
+        f"""
+        [[module]]
+        route = "/files"
+        module = "{MODULES / "escaper.wat"}"
+        argv = "${{ARGS}}"
+        volumes = {{ "/z" = "{tmp_path / "first"}", "/a" = "{tmp_path / "second"}" }}
+        """.replace("{", "{{").replace("}", "}}"),
+        engine,
+        workers=1,
+    )
+    for fd, name in (("3", "first"), ("4", "second")):
+        r = server.get(f"/files?x&{fd}&r&page")
+        assert (r.status_code, r.text) == (200, f"the {name} volume\n")
 
 
 def probe_routes(volumes: dict[str, Path | None]) -> str:

@@ -31,6 +31,7 @@ from wagi.gateway import CgiHttpResponse, Gateway, ResponseCut
 from wagi.handlers import StartupError
 from wagi.policy import EngineChoice, EngineUnavailable, choose_engine, worker_problem
 from wagi.sources import SourceError, pull_modules, push_module
+from wagi.watchdog import tls_warning
 
 DESCRIPTION = "wagi: run WebAssembly (WASI) modules as CGI handlers behind gunicorn."
 
@@ -97,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--threads", type=int, default=1, metavar="N", help="gunicorn threads per worker [1]"
     )
+    check.add_argument(
+        "--tls",
+        action="store_true",
+        help="gunicorn serves TLS itself (--certfile): warn where a timeout cannot answer 504",
+    )
     wagi_settings.add_arguments(check)
 
     push = commands.add_parser(
@@ -135,6 +141,8 @@ def check(args: argparse.Namespace) -> int:
         f"wagi {__version__}: {config.path}: {len(routes)} routes; engine {choice.name} "
         f"{gateway.engine.version} ({choice.reason}); {choice.describe_limits()}"
     )
+    if args.tls and not choice.capabilities.interruptible:
+        print(f"  warning: {tls_warning(choice.name)}")
     # Always printed (it reaches the start-up log): where the kernel wall stands.
     for line in gateway.sites.plan.describe(config):
         print(f"  {line}")

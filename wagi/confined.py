@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from wagi import landlock
 from wagi.engines import engine_class
-from wagi.engines.base import Engine, Invocation, Limits, LoadedModule, RunResult
+from wagi.engines.base import Engine, EngineError, Invocation, Limits, LoadedModule, RunResult
 from wagi.engines.cache import ArtifactCache
 from wagi.runner import RunnerPool
 from wagi.wall import Wall, WallPlan
@@ -59,6 +59,8 @@ class _Route:
     ) -> None:
         self.source = source
         """The serving thread's copy of the module: a new one means the file changed."""
+        self.refused: LoadedModule | None = None
+        """A newer version whose threads could not be set up: not tried again."""
         self._state = threading.local()
 
         def set_up() -> None:
@@ -67,7 +69,10 @@ class _Route:
             engine: Engine = engine_class(engine_name)(  # type: ignore[call-arg]
                 cache=ArtifactCache(cache_dir), unconfined_volumes=True
             )
-            module = engine.load(source.path)
+            # The very version the serving thread checked, not the file, which may have
+            # changed since (to a version that does not load: docs/reliability.md).
+            load_same = getattr(engine, "load_same", None)
+            module = load_same(source) if load_same is not None else engine.load(source.path)
             engine.prepare(module, limits)
             report = wall.raise_here()
             self._state.engine, self._state.module = engine, module
@@ -104,10 +109,8 @@ class ConfinedRoutes:
         """
         key = handler.entry.index
         route = self._routes.get(key)
-        if route is None or route.source is not module:
-            if route is not None:
-                route.pool.close()
-            route = self._routes[key] = _Route(
+        if route is None or (route.source is not module and route.refused is not module):
+            fresh = _Route(
                 self.engine_name,
                 self.cache_dir,
                 module,
@@ -116,6 +119,26 @@ class ConfinedRoutes:
                 label=handler.entry.label,
                 log_level=self.log_level,
             )
+            if route is None:
+                route = self._routes[key] = fresh
+            else:
+                # A new version replaces the route's threads only once a thread of its own is
+                # up: until then the working threads go on serving the last good version.
+                try:
+                    job = fresh.pool.submit(functools.partial(fresh.run, invocation))
+                except EngineError as exc:
+                    route.refused = module
+                    logger.error(
+                        "%s: the new version of %s cannot be set up (%s); still serving the "
+                        "last version that could",
+                        handler.entry.label,
+                        module.path,
+                        exc,
+                    )
+                else:
+                    route.pool.close()
+                    self._routes[key] = fresh
+                    return job.result()
         return route.pool.submit(functools.partial(route.run, invocation)).result()
 
 

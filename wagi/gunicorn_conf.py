@@ -131,7 +131,8 @@ def check_configuration(server: Any) -> str | None:
     """Check, pull and precompile in a fresh helper process (``wagi check``); the problem, if any.
 
     The helper also checks gunicorn's worker class and threads against the engine
-    (:func:`wagi.policy.worker_problem`): the master imports no engine package. When the
+    (:func:`wagi.policy.worker_problem`), and warns about gunicorn's own TLS with an
+    engine whose timeouts need the watchdog: the master imports no engine package. When the
     configuration checks, the OCI pins it resolved become the master's ``WAGI_OCI_PINS``,
     which the workers spawned from now on inherit.
     """
@@ -144,6 +145,7 @@ def check_configuration(server: Any) -> str | None:
             [
                 *(sys.executable, "-m", "wagi", "check", "--quiet", "--pins-file", str(pins_file)),
                 *("--worker-class", cfg.worker_class_str, "--threads", str(cfg.threads)),
+                *(("--tls",) if cfg.is_ssl else ()),
             ],
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -153,7 +155,10 @@ def check_configuration(server: Any) -> str | None:
     if result.returncode != 0:
         return "\n" + (result.stderr or result.stdout).strip()
     for line in result.stdout.strip().splitlines():
-        server.log.info("%s", line)
+        if line.lstrip().startswith("warning: "):
+            server.log.warning("wagi: %s", line.strip())
+        else:
+            server.log.info("%s", line)
     problem = timeout_problem(server.cfg.timeout)
     if problem is None:
         os.environ[PINS_ENV] = pins
@@ -178,7 +183,8 @@ def timeout_problem(worker_timeout: float) -> str | None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Create this worker's engine and routing table before it accepts a request.
+    """Create this worker's engine and routing table before it accepts a request; from
+    then on, a helper process that dies (the watchdog) takes the worker out at once.
 
     Where the engine runs modules behind one wall for the whole worker, building the
     gateway ends by confining the worker (:mod:`wagi.wall`): what it still needs from the
@@ -197,6 +203,9 @@ def post_worker_init(worker: Any) -> None:
 
         sock.ssl_context(cfg)  # read the certificate and key now, before the wall
     gateway = start(secrets)
+    from wagi.worker_health import notice_dead_children
+
+    notice_dead_children(worker, gateway.health)
     if gateway.sites.confined_here is not None:
         _replace_on_usr1(worker)
 

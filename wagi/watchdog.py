@@ -35,6 +35,22 @@ import subprocess
 import sys
 
 
+def tls_warning(engine: str) -> str:
+    """The start-up warning for an engine that needs the watchdog behind gunicorn's own TLS.
+
+    No design answers 504 there: the TLS session (keys, sequence numbers) lives in the
+    worker, which is stuck in the module, and a record cannot be sealed ahead of time
+    without sending it. Kernel TLS would let the watchdog write plaintext, but CPython 3.10
+    (the only one wasmer runs on) cannot turn it on.
+    """
+    return (
+        f"engine {engine} cannot interrupt a module and gunicorn serves TLS itself "
+        "(--certfile): a module past its timeout ends its client's connection without an "
+        "answer instead of a 504; terminate TLS in nginx in front of wagi "
+        "(docs/deployment.md), or use --engine wasmtime"
+    )
+
+
 class WatchdogGone(Exception):
     """The watchdog process is gone; the message says how."""
 

@@ -8,6 +8,12 @@ worker, which finishes the request in hand, exits, and lets the arbiter start a
 fresh worker in its place. Until it exits, :meth:`WorkerHealth.problem` tells the
 gateway to answer ``503`` to ``/healthz`` and to module requests.
 
+A helper process that dies (the watchdog, to an OOM kill) is noticed at once, not
+when a request meets it: :func:`notice_dead_children` checks on ``SIGCHLD``. gunicorn's
+worker wakes from its wait for connections on any signal (its wakeup fd), and its
+loop accepts nothing once ``worker.alive`` is false, so the worker goes before it
+accepts another request.
+
 Example::
 
     health = WorkerHealth(replace=True)
@@ -23,6 +29,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from typing import Any
 
 logger = logging.getLogger("wagi")
 
@@ -73,3 +80,15 @@ class WorkerHealth:
             reason,
         )
         os.kill(pid, signal.SIGTERM)
+
+
+def notice_dead_children(worker: Any, health: WorkerHealth) -> None:
+    """Check ``health`` whenever a child process of this gunicorn ``worker`` ends, and stop
+    the worker from accepting requests once it is unfit. From the main thread, at start."""
+
+    def on_child(signum: int, frame: object) -> None:
+        # A waitpid per helper (Popen.poll, which never blocks, even here).
+        if worker.alive and health.problem():
+            worker.alive = False
+
+    signal.signal(signal.SIGCHLD, on_child)

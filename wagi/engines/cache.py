@@ -83,10 +83,12 @@ class ArtifactCache:
         return payload
 
     def put(self, engine: str, version: str, digest: str, payload: bytes) -> None:
-        """Store atomically, so a concurrent reader never sees half a file."""
+        """Store atomically, so a concurrent reader never sees half a file; never raises
+        for a cache that cannot be written (it logs that once)."""
         if self.directory is None:
             return
         target = self._path(engine, version, digest)
+        tmp = None
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
@@ -94,7 +96,12 @@ class ArtifactCache:
                 out.write(_MAGIC + hashlib.sha256(payload).digest() + payload)
             os.replace(tmp, target)
         except OSError as exc:
-            # A read-only or full cache only costs speed, never correctness: say so once.
+            if tmp is not None:  # a full disk: leave no half-written file behind
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            # A read-only or full cache, or a worker the kernel wall keeps out of it (a
+            # module file recompiled after the wall went up), only costs speed, never
+            # correctness: never raised, said once.
             if not self._write_failed:
                 self._write_failed = True
                 logger.warning(

@@ -34,7 +34,11 @@ Measured facts the code below is built around (wasmer 1.1.0, Linux):
   crashes the process with SIGSEGV. Cached artifacts therefore carry a
   SHA-256 of their payload that is checked before deserializing.
 - The guest sees a virtual ``/`` at fd 3 and the mapped directories from fd 4
-  on (wasmtime starts preopens at fd 3). Mapped directories do not confine
+  on (wasmtime starts preopens at fd 3), whatever the ``StateBuilder`` is told
+  (``map_directory`` and ``preopen_directory`` alike). Code that takes its first
+  preopen at fd 3 (Grain's runtime, WAGI's fileserver) would find nothing there,
+  so a run with volumes renumbers them to fd 3 on, the virtual ``/`` after them
+  (:class:`_FdTable`). Mapped directories do not confine
   the guest: an absolute path opened relative to a mapped directory reaches
   the whole host file system (read, write, list), and host-placed symlinks
   are followed out of the directory. Volumes are refused (see
@@ -44,6 +48,16 @@ Measured facts the code below is built around (wasmer 1.1.0, Linux):
   maximum its type declares (``memory.grow`` returns -1). ``max_memory`` is
   enforced by running a copy of the module whose memory declares the limit
   (:func:`~wagi.engines.memory_cap.cap_memory`), compiled once per limit.
+- wasmer's ``fd_write`` writes fd 1 and 2 to stdout and stderr by number, and its
+  ``fd_renumber`` gives the new fd only the old one's *inheriting* rights (none,
+  for stdio): stdout renumbered elsewhere (``fd_renumber(1, n)``) then fails every
+  write with ``EACCES``. For a module that imports ``fd_renumber``, wagi's own
+  ``fd_renumber``, ``fd_close`` and ``fd_write`` keep the module's fd table of
+  stdout and stderr, as the wasmtime engine does, and write a renumbered stream
+  into the run's capture itself (:class:`_FdTable`).
+- A native WASI function cannot be called from Python ("Native function
+  definitions can't be directly called from the host yet"); a tiny module that
+  imports the run's own WASI functions and exports them (:data:`_FD_WAT`) can.
 """
 
 from __future__ import annotations
@@ -52,6 +66,7 @@ import fcntl
 import os
 import platform
 import re
+import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -120,6 +135,35 @@ succeeds (the file offset passes ``limit``) or fails at an offset already
 past it. The file is sparse, so the slack costs nothing unless written.
 """
 
+_FD_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "fd_renumber" (func $renumber (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_close" (func $close (param i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $write (param i32 i32 i32 i32) (result i32)))
+  ;; The guest's own memory: WASI functions find their memory through the "memory"
+  ;; export of the instance that imports them.
+  (import "wagi" "memory" (memory 0))
+  (export "memory" (memory 0))
+  (func (export "fd_renumber") (param i32 i32) (result i32)
+    (call $renumber (local.get 0) (local.get 1)))
+  (func (export "fd_close") (param i32) (result i32) (call $close (local.get 0)))
+  (func (export "fd_write") (param i32 i32 i32 i32) (result i32)
+    (call $write (local.get 0) (local.get 1) (local.get 2) (local.get 3))))
+"""
+"""The run's own WASI ``fd_renumber``, ``fd_close`` and ``fd_write``, callable from Python."""
+
+_FD_SHADOWED = ("fd_renumber", "fd_close", "fd_write")
+"""The WASI functions wagi replaces for a module that renumbers its fds."""
+
+_PARKED_FD = 0x3FFF_FFFF
+"""Where the virtual ``/`` waits while the volumes move down to fd 3 (never a real fd)."""
+
+_IOV_MAX = 1024
+"""Buffers one ``fd_write`` may hand over (POSIX ``writev``'s limit, as on wasmtime)."""
+
+_ERRNO_BADF, _ERRNO_INVAL, _ERRNO_IO, _ERRNO_FAULT = 8, 28, 29, 21
+
 _SCRUB_WAT = """
 (module
   (import "wasi_snapshot_preview1" "fd_read"
@@ -184,7 +228,7 @@ def _memfd(name: str, limit: int | None) -> int:
     return fd
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -250,6 +294,8 @@ class WasmerModule(LoadedModule):
     """By ``max_memory``: the variant that cannot grow past it, or why there is none."""
     imports_http: bool = False
     """Whether it imports ``wasi_experimental_http`` (outbound HTTP)."""
+    renumbers: bool = False
+    """Whether it imports WASI's ``fd_renumber`` (its stdout may move to another fd)."""
 
 
 class WasmerEngine(Engine):
@@ -294,6 +340,10 @@ class WasmerEngine(Engine):
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._poisoned = ""
         self._http = _HttpBinding()
+        self._fds = _FdTable()
+        self._fd_functions: dict[int, tuple[Any, Any, dict[str, Any]]] = {}
+        """By ``id(store)``: the store (kept alive), :data:`_FD_WAT` compiled into it, and
+        wagi's own ``fd_*`` functions there; made once per Store, like the HTTP ones."""
         self._http_functions: dict[int, tuple[Any, dict[str, Any]]] = {}
         """By ``id(store)``: the store (kept alive) and its ``wasi_experimental_http``
         functions. wasmer keeps every function made in a Store until the Store goes,
@@ -321,7 +371,15 @@ class WasmerEngine(Engine):
 
     def load(self, path: Path) -> WasmerModule:
         path = Path(path)
-        wasm = read_module(path)
+        return self._load(path, read_module(path))
+
+    def load_same(self, module: LoadedModule) -> WasmerModule:
+        """``module`` (loaded by another engine) loaded here from the very bytes it was
+        compiled from, not from its file, which may have changed since."""
+        own = self._own(module)
+        return self._load(own.path, own.wasm)
+
+    def _load(self, path: Path, wasm: bytes) -> WasmerModule:
         digest = content_hash(wasm)
         store, module = self._compile_cached(path, wasm, digest)
         params = {
@@ -342,6 +400,10 @@ class WasmerEngine(Engine):
             params=params,
             wasm=wasm,
             imports_http=any(item.module == IMPORT_MODULE for item in module.imports),
+            renumbers=any(
+                item.module in _WASI_NAMESPACES and item.name == "fd_renumber"
+                for item in module.imports
+            ),
         )
 
     def _compile_cached(self, path: Path, wasm: bytes, digest: str) -> tuple[Any, Any]:
@@ -451,7 +513,8 @@ class WasmerEngine(Engine):
             raise EngineError(f"{module.path}: export {entry!r} takes parameters")
         limits = invocation.limits
         compiled = self._limited(module, limits.max_memory)
-        imports = self._wasi_imports(module, compiled.store, invocation)
+        fds = self._fds if (module.renumbers or invocation.preopens) else None
+        imports = self._wasi_imports(module, compiled.store, invocation, fds)
         http: _HttpBinding | None = None
         if module.imports_http:
             deadline = None
@@ -481,6 +544,9 @@ class WasmerEngine(Engine):
                     instance = self._wasmer.Instance(compiled.module, imports)
                     if http is not None:
                         http.instance = instance
+                    if fds is not None:
+                        fds.attach(self._wasmer, instance, self._fd_module(compiled.store))
+                        fds.move_volumes(len(invocation.preopens))
                     if entry != "_start" and "_initialize" in module.params:
                         instance.exports._initialize()
                     getattr(instance.exports, entry)()
@@ -526,6 +592,8 @@ class WasmerEngine(Engine):
         finally:
             if http is not None:
                 http.end()
+            if fds is not None:
+                fds.end()
             for fd in (stdin_fd, stdout_fd, stderr_fd):
                 os.close(fd)
 
@@ -538,8 +606,32 @@ class WasmerEngine(Engine):
             )
         return entry[1]
 
-    def _wasi_imports(self, module: WasmerModule, store: Any, invocation: Invocation) -> Any:
-        """A fresh WASI state: argv, exactly ``invocation.env``, and (if allowed) preopens."""
+    def _fd_module(self, store: Any) -> Any:
+        return self._fd_store(store)[1]
+
+    def _fd_store(self, store: Any) -> tuple[Any, Any, dict[str, Any]]:
+        entry = self._fd_functions.get(id(store))
+        if entry is None:
+            wasm = bytes(wasmtime.wat2wasm(_FD_WAT))
+            entry = self._fd_functions[id(store)] = (
+                store,
+                self._wasmer.Module(store, wasm),
+                self._fds.functions(self._wasmer, store),
+            )
+        return entry
+
+    def _wasi_imports(
+        self,
+        module: WasmerModule,
+        store: Any,
+        invocation: Invocation,
+        fds: _FdTable | None = None,
+    ) -> Any:
+        """A fresh WASI state: argv, exactly ``invocation.env``, and (if allowed) preopens.
+
+        With ``fds``, the run's own ``fd_*`` functions go to ``fds`` (which calls them from
+        Python), and a module that renumbers its fds gets wagi's in their place.
+        """
         wasi = self._wasmer.wasi
         argv = list(invocation.argv)
         # wasmer always passes a program name; an empty argv becomes [""].
@@ -564,11 +656,32 @@ class WasmerEngine(Engine):
                     "the wasmer engine has no read-only volumes; use the wasmtime engine"
                 )
             builder.map_directory(preopen.guest_path, str(preopen.host_path))
+        # The functions as a dict cost about 40 µs more than wasmer's own import object:
+        # only a module whose functions wagi replaces (or that uses the older WASI
+        # namespace, which _FD_WAT does not import from) pays for it.
+        plain = fds is None or (
+            not module.renumbers and module.wasi_version == self._wasmer.wasi.Version.SNAPSHOT1
+        )
         try:
-            return builder.finalize().generate_import_object(store, module.wasi_version)
+            state = builder.finalize()
+            if plain:
+                imports = state.generate_import_object(store, module.wasi_version)
+                if fds is not None:
+                    fds.real = imports
+                return imports
+            namespaces = state.generate_imports(store, module.wasi_version)
         except Exception as exc:  # a NUL in argv/env, '=' in a name, a missing directory
             reason = _first_lines(str(exc))
             raise EngineError(f"{module.path}: invalid WASI state: {reason}") from exc
+        assert fds is not None
+        imports = self._wasmer.ImportObject()
+        fds.real = self._wasmer.ImportObject()
+        for name, functions in namespaces.items():
+            fds.real.register("wasi_snapshot_preview1", {fd: functions[fd] for fd in _FD_SHADOWED})
+            if module.renumbers:
+                functions = {**functions, **self._fd_store(store)[2]}
+            imports.register(name, functions)
+        return imports
 
     @staticmethod
     def _ending(exc: Exception, message: str) -> tuple[Ending, int, str]:
@@ -716,3 +829,111 @@ class _HttpBinding:
             return code
 
         return host
+
+
+class _FdTable:
+    """The run's fd table where wasmer's own falls short, for one run at a time.
+
+    - Volumes at fd 3 on (:meth:`move_volumes`), as on wasmtime and every other runtime.
+    - stdout and stderr as the module's own fd table says, for a module that renumbers
+      fds: ``streams`` maps a guest fd to the process fd it writes to (1 or 2, the run's
+      captures). A write to a stream still at its own number goes to wasmer's
+      ``fd_write`` (as for every module); a stream moved elsewhere is written here.
+
+    The host functions are made once per Store (:meth:`functions`) and act on the run
+    :meth:`attach` names; the engine runs one module at a time.
+    """
+
+    def __init__(self) -> None:
+        self.streams: dict[int, int] = {1: 1, 2: 2}
+        self.vacant: set[int] = set()
+        """fd 1 or 2 once moved or closed (and nothing renumbered onto it)."""
+        self.real: Any = None
+        """An ImportObject with the run's own WASI functions under ``wasi_snapshot_preview1``
+        (the guest's own, where wagi replaces none of them), for :data:`_FD_WAT`."""
+        self._calls: Any = None
+        self._memory: Any = None
+
+    def attach(self, wasmer: Any, instance: Any, fd_module: Any) -> None:
+        """Bind the run whose guest is ``instance`` (before any of its code runs)."""
+        self.streams = {1: 1, 2: 2}
+        self.vacant = set()
+        self._memory = instance.exports.memory
+        self.real.register("wagi", {"memory": self._memory})
+        self._calls = wasmer.Instance(fd_module, self.real).exports
+
+    def end(self) -> None:
+        self._calls = self._memory = self.real = None
+
+    def move_volumes(self, count: int) -> None:
+        """wasmer's virtual ``/`` at fd 3 and ``count`` volumes from fd 4 -> the volumes
+        from fd 3 (in the configuration's order), the virtual ``/`` right after them."""
+        if not count:
+            return
+        renumber = self._calls.fd_renumber
+        moves = [(3, _PARKED_FD), *((4 + i, 3 + i) for i in range(count)), (_PARKED_FD, 3 + count)]
+        for source, target in moves:
+            errno = renumber(source, target)
+            if errno:
+                raise EngineError(f"cannot place the volumes at fd 3 (fd_renumber: errno {errno})")
+
+    def functions(self, wasmer: Any, store: Any) -> dict[str, Any]:
+        i32 = wasmer.Type.I32
+
+        def fd_renumber(source: int, target: int) -> int:
+            errno = int(self._calls.fd_renumber(source, target))
+            if errno == 0:
+                stream = self.streams.pop(source, None)
+                self.streams.pop(target, None)
+                if stream is not None:
+                    self.streams[target] = stream
+                self.vacant.discard(target)
+                if source in (1, 2):
+                    self.vacant.add(source)
+            return errno
+
+        def fd_close(fd: int) -> int:
+            errno = int(self._calls.fd_close(fd))
+            if errno == 0:
+                self.streams.pop(fd, None)
+                if fd in (1, 2):
+                    self.vacant.add(fd)
+            return errno
+
+        def fd_write(fd: int, iovs: int, count: int, nwritten: int) -> int:
+            if fd in self.vacant:
+                return _ERRNO_BADF  # wasmer would still write fds 1 and 2 to stdio by number
+            stream = self.streams.get(fd)
+            if stream is None or stream == fd:
+                return int(self._calls.fd_write(fd, iovs, count, nwritten))
+            return self._write(stream, iovs, count, nwritten)
+
+        def function(python: Any, params: int) -> Any:
+            return wasmer.Function(store, python, wasmer.FunctionType([i32] * params, [i32]))
+
+        return {
+            "fd_renumber": function(fd_renumber, 2),
+            "fd_close": function(fd_close, 1),
+            "fd_write": function(fd_write, 4),
+        }
+
+    def _write(self, stream: int, iovs: int, count: int, nwritten: int) -> int:
+        """Every buffer of one ``fd_write`` into the process fd ``stream`` (a capture)."""
+        if count > _IOV_MAX:
+            return _ERRNO_INVAL
+        memory = memoryview(self._memory.buffer)
+        size = len(memory)
+        if iovs + 8 * count > size or nwritten + 4 > size:
+            return _ERRNO_FAULT
+        total = 0
+        for i in range(count):
+            base, length = struct.unpack_from("<II", memory, iovs + 8 * i)
+            if base + length > size:
+                return _ERRNO_FAULT
+            try:
+                _write_all(stream, memory[base : base + length])
+            except OSError:  # the capture is full: the engine reports the output limit
+                return _ERRNO_IO
+            total += length
+        struct.pack_into("<I", memory, nwritten, total)
+        return 0
