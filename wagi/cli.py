@@ -183,7 +183,6 @@ def run(args: argparse.Namespace) -> int:
 
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter())
-    gateway = Gateway.create(server_settings, config, choice)
     headers = []
     for header in args.header:
         name, sep, value = header.partition(":")
@@ -196,6 +195,9 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         data = (args.data or "").encode()
+    # Last: the module runs here, behind the wall that confines this process from now on
+    # (what the command still reads, it has read).
+    gateway = Gateway.create(server_settings, config, choice, confine=True)
     path, _, query = args.path.partition("?")
     builder = EnvironBuilder(
         path=path,

@@ -264,6 +264,7 @@ class Gateway:
         choice: EngineChoice | None = None,
         *,
         serving: bool = False,
+        confine: bool | None = None,
         secrets: Sequence[Path] = (),
     ) -> Gateway:
         """Everything a worker needs to serve: engine, compiled modules, routing table.
@@ -273,7 +274,9 @@ class Gateway:
         process that has already compiled), and, when the engine runs modules behind one
         wall for the whole worker, raises that wall around the calling thread and every
         thread it makes from then on: the worker serves and runs modules confined.
-        ``secrets`` are files the worker's wall must never grant (TLS keys).
+        ``confine`` (default: ``serving``) raises that wall without serving (``wagi run``:
+        the process does nothing else afterwards). ``secrets`` are files the worker's wall
+        must never grant (TLS keys).
         """
         if choice is None:
             choice = choose_engine(
@@ -326,12 +329,13 @@ class Gateway:
         # directory: one made again would be out of reach of the confined worker.
         transient_path = str(transient)  # a str: no path object made on every request
         health.watch(lambda: scratch.folder_problem(transient_path))
-        if serving and plan.worker is not None:
+        if (serving if confine is None else confine) and plan.worker is not None:
             try:
                 sites.confine_this_thread()
             except landlock.WallError as exc:
                 raise StartupError(f"the worker could not be confined: {exc}") from None
             engine.seal_cache()
+            module_log.confined = True
         return cls(
             settings,
             engine,
@@ -638,4 +642,7 @@ class _Raising:
         self.exc = exc
 
     def __iter__(self) -> Iterator[bytes]:
+        # Nothing first: a reader that takes one item before the written bytes (werkzeug's
+        # run_wsgi_app) still gets those bytes before the error.
+        yield b""
         raise self.exc

@@ -8,7 +8,10 @@ wrote it. With ``json`` (``--log-format json``) each line is a JSON object whose
 Logging never fails a request: a log dir removed while serving (a cleanup, a
 rotation) is made again; one that cannot be written (disk full, replaced by a
 file) sends the lines to the error log instead, with one warning when that
-starts and one note when the files work again.
+starts and one note when the files work again. A worker confined by the kernel
+wall (:mod:`wagi.wall`) reaches only the log dir it started with: one removed
+and made again is a new directory outside its wall, so the lines go to the error
+log until the workers are replaced (a reload, ``SIGHUP``), and the warning says so.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class ModuleLog:
         self.log_dir = log_dir
         self.failing = False
         """Whether the last write to the log dir failed (its lines went to the error log)."""
+        self.confined = False
+        """This worker is confined: it cannot make the log dir again, nor reach a new one."""
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
         self.formatter: logging.Formatter | None = None
@@ -55,11 +60,17 @@ class ModuleLog:
         except OSError as exc:
             if not self.failing:
                 self.failing = True
+                until = (
+                    "the workers are replaced (a reload, SIGHUP): the worker's kernel wall "
+                    "reaches only the log dir it started with"
+                    if self.confined
+                    else "the log dir works again"
+                )
                 logger.warning(
-                    "cannot write module stderr to %s (%s): it goes to this log until the "
-                    "log dir works again",
+                    "cannot write module stderr to %s (%s): it goes to this log until %s",
                     path,
                     exc.strerror or exc,
+                    until,
                 )
             self._to_error_log(route, lines)
             return
