@@ -594,6 +594,12 @@ def _bench_engine(
         REQUEST_ENV,
         expect,
     )
+    # The floor: a module that does nothing, with nothing to pass in (store, WASI context,
+    # instance, call and the run's bookkeeping; no argv or environment, no write).
+    empty_path = cache.parent / "empty.wat"
+    empty_path.write_text('(module (memory (export "memory") 1) (func (export "_start")))\n')
+    empty = engine.load(empty_path)
+    run_empty = time_runs("run of an empty module (floor)", engine, empty, runs, [], {}, b"")
     hello_handler = nowall_gateway.table.match("/hello").handler
     run_limits = time_runs(
         f"run ({len(REQUEST_ENV)} vars, server limits)",
@@ -723,7 +729,7 @@ def _bench_engine(
     )
     print(header)
     print("-" * len(header))
-    for timing in (baseline, construct, run_small, run_request, run_limits):
+    for timing in (baseline, construct, run_empty, run_small, run_request, run_limits):
         if timing is baseline:
             vs_noop, vs_inv = "(baseline)", "-"
         else:
@@ -738,7 +744,7 @@ def _bench_engine(
             f"{fmt_us(timing.percentile_us(50)):>9} {fmt_us(timing.percentile_us(99)):>9} "
             f"{fmt_us(timing.cpu_us):>9} {vs_noop:>12} {vs_inv:>17}"
         )
-    measured = 3 * runs
+    measured = 4 * runs
     growth = mem_end["rss"] - mem_warm["rss"]
     line = (
         f"memory (MiB): RSS {fmt_mib(mem_start['rss'])} at start, "
@@ -804,6 +810,7 @@ def _bench_engine(
     timings = {
         "noop": baseline,
         "invocation": construct,
+        "engine_empty": run_empty,
         "engine_hello_1": run_small,
         "engine_hello_25": run_request,
         "engine_hello_25_limits": run_limits,
