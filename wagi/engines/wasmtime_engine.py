@@ -645,9 +645,13 @@ class _EpochTicker:
             while True:
                 if self._active == 0:
                     self._idle = True
-                    self._cond.wait(_TICKER_LINGER)
+                    woken = self._cond.wait(_TICKER_LINGER)
                     self._idle = False
                     if self._active == 0:
+                        if woken:
+                            # A run came and went before this thread got the lock back
+                            # (a quick module ends sooner than a thread wakes): not idle.
+                            continue
                         self._thread = None
                         return
                     next_tick = time.monotonic() + self._tick
