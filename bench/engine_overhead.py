@@ -21,11 +21,13 @@ Then, in the same process:
 
 - **per write**: ``bench/lines.wat`` writes its body in 1,000 one-line writes;
   its run time minus hello's (one write), divided by 1,000, is what a write
-  costs, to a buffer and to a pipe (the streaming path);
+  costs, to a buffer and to a :class:`PipeSink` (the streamed path);
 - **the whole WSGI app**: a :class:`wagi.gateway.Gateway` built from
   ``bench/modules.toml`` is called for ``GET /hello`` with a prepared WSGI
-  environ, next to ``bench/plain_wsgi.py`` and a bare werkzeug Request +
-  Response called the same way. No HTTP, no gunicorn;
+  environ, built as a worker builds it (on a thread it confines for good:
+  :func:`measure_worker`), with the wall off, and as ``wagi run`` builds it
+  (a runner thread); next to ``bench/plain_wsgi.py`` and a bare werkzeug
+  Request + Response called the same way. No HTTP, no gunicorn;
 - ``--profile DIR`` (needs pyinstrument, the ``bench`` extra): where the time of
   those WSGI calls and of the engine runs goes, saved as text in DIR.
 
