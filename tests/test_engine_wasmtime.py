@@ -782,3 +782,24 @@ def test_concurrent_runs_keep_their_own_output_and_endings(
     for thread in threads:
         thread.join()
     assert failures == []
+
+
+def test_string_blocks_find_the_bytes_where_ctypes_does() -> None:
+    """The run path takes a ``bytes`` object's data address from its ``id`` (CPython's
+    layout, 3.10-3.13) instead of ``ctypes.cast``; this pins that it is the same address,
+    and that the blocks handed to WASI hold exactly the strings."""
+    import ctypes
+
+    from wagi.engines import wasmtime_engine
+
+    assert wasmtime_engine._BYTES_DATA is not None, "this CPython lays bytes out otherwise"
+    blob = b"some bytes " * 7
+    address = ctypes.cast(blob, ctypes.c_void_p).value
+    assert id(blob) + wasmtime_engine._BYTES_DATA == address
+    keep, array_address, count = wasmtime_engine._string_block(["A=1", "", "é ü", "last"])
+    assert count == 4
+    pointers = (ctypes.c_char_p * 4).from_address(array_address)
+    assert [p.decode() for p in pointers] == ["A=1", "", "é ü", "last"]
+    with pytest.raises(ValueError, match="NUL"):
+        wasmtime_engine._string_block(["fine", "not\0fine"])
+    del keep

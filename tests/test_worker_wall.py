@@ -20,9 +20,7 @@ import pytest
 from tests.conftest import PROBE, ROOT, write_config
 from wagi import landlock
 
-pytestmark = pytest.mark.skipif(
-    not landlock.availability().ok, reason="the kernel has no Landlock"
-)
+pytestmark = pytest.mark.skipif(not landlock.availability().ok, reason="the kernel has no Landlock")
 
 SCRIPT = textwrap.dedent(
     """
