@@ -48,6 +48,7 @@ granted alone).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -95,15 +96,21 @@ class Wall:
     before the wall goes up."""
     transient: Path | None = None
     """The worker's folder of transient files, one of the rules."""
+    code: tuple[Path, ...] = ()
+    """The Python installation's folders among the rules (read-only)."""
 
     def describe(self, available: Availability | None = None) -> str:
-        """What the wall grants, the same in every process (``wagi check`` and its workers)."""
+        """What the wall grants, the same in every process (``wagi check`` and its workers)
+        and on every installation (the Python folders are named as one)."""
         shown = [
             PathRule(self.transient.parent / "w<pid>", r.writable)
             if r.path == self.transient
             else r
             for r in self.rules
+            if r.path not in self.code
         ]
+        if self.code:
+            shown.append(PathRule(Path("<the Python installation: sys.path and wagi>")))
         return landlock.describe(shown, deny_network=self.deny_network, available=available)
 
     def raise_here(self) -> landlock.Report:
@@ -246,7 +253,15 @@ def plan_walls(
         transient = scratch.worker_folder()
     if capabilities.shared_io_threads:
         extra = worker.rules() if worker is not None else []
-        return WallPlan(available, worker=_wall(config.modules, transient, extra))
+        wall = _wall(config.modules, transient, extra)
+        if worker is not None:
+            wall = dataclasses.replace(
+                wall,
+                code=tuple(
+                    p for p in worker.code if p not in {r.path for r in wall.rules if r.writable}
+                ),
+            )
+        return WallPlan(available, worker=wall)
     if capabilities.volumes:
         return WallPlan(available)  # the engine confines volumes; runs stay where they are
     walled = {e.index: _wall([e], transient) for e in config.modules if e.volumes}
