@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from wagi import scratch
-from wagi.config import Config, ConfigError, ModuleEntry, Scratch, load_env_file
+from wagi.config import (
+    DEFAULT_ENTRYPOINT,
+    Config,
+    ConfigError,
+    ModuleEntry,
+    Scratch,
+    load_env_file,
+)
 from wagi.engines.base import (
     Engine,
     EngineError,
@@ -150,6 +157,11 @@ def build_routing_table(
             parent = make_handler(entry, entry.entrypoint, global_env, settings)
             routes.append(Route(entry.route, parent, (entry.index, 0)))
             continue
+        if module.kind == "component" and entry.entrypoint != DEFAULT_ENTRYPOINT:
+            raise StartupError(
+                f"{where}, key 'entrypoint': {entry.module} is a {module.describe()}; a "
+                "component runs as a whole, 'entrypoint' (like _routes) belongs to core modules"
+            )
         if entry.entrypoint not in module.exports:
             raise StartupError(
                 f"{where}, key 'entrypoint': the module exports no function "

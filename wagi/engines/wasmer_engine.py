@@ -82,6 +82,7 @@ from .base import (
     Limits,
     LoadedModule,
     RunResult,
+    is_component,
     read_module,
 )
 from .cache import ArtifactCache, content_hash
@@ -322,6 +323,11 @@ class WasmerEngine(Engine):
     def load(self, path: Path) -> WasmerModule:
         path = Path(path)
         wasm = read_module(path)
+        if is_component(wasm):
+            raise EngineError(
+                f"{path}: a WebAssembly component (WASI 0.2); the wasmer engine runs core "
+                "modules only: use the wasmtime engine"
+            )
         digest = content_hash(wasm)
         store, module = self._compile_cached(path, wasm, digest)
         params = {

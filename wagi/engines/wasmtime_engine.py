@@ -80,9 +80,11 @@ from .base import (
     Limits,
     LoadedModule,
     RunResult,
+    is_component,
     read_module,
 )
 from .cache import ArtifactCache, content_hash
+from .wasmtime_component import ComponentModule, ComponentRunner, configure_pooling
 
 __all__ = ["WasmtimeEngine", "WasmtimeModule"]
 
@@ -738,6 +740,7 @@ class WasmtimeEngine(Engine):
         # wasmtime-wasi's file I/O runs on tokio's blocking pool (the C API does not ask
         # for blocking on the calling thread); tests/test_landlock.py measures it.
         shared_io_threads=True,
+        components=True,
     )
 
     def __init__(
@@ -793,6 +796,7 @@ class WasmtimeEngine(Engine):
         self._wasi_linker.define_wasi()
         self._wasi_linker_ptr = ctypes.cast(self._wasi_linker.ptr(), c_void_p).value
         self._forwarder_module: wasmtime.Module | None = None
+        self._components = ComponentRunner(self)
 
     @property
     def version(self) -> str:
@@ -800,10 +804,12 @@ class WasmtimeEngine(Engine):
 
     # -- loading ---------------------------------------------------------------
 
-    def load(self, path: Path) -> WasmtimeModule:
+    def load(self, path: Path) -> WasmtimeModule | ComponentModule:
         path = Path(path)
         wasm = read_module(path)
         digest = content_hash(wasm)
+        if is_component(wasm):
+            return self._components.load(path, wasm, digest)
         module, from_cache = self._compile(path, wasm, digest)
         instance_pre: wasmtime.InstancePre | None = None
         link_error: str | None = None
@@ -892,6 +898,9 @@ class WasmtimeEngine(Engine):
         Only memories the module imports or exports are visible here; WASI modules
         export theirs. Any other one still fails at instantiation, per request.
         """
+        if isinstance(module, ComponentModule) and module._owner is self:
+            self._components.prepare(module, limits)
+            return
         if not isinstance(module, WasmtimeModule):
             return
         if module._link_error:
@@ -909,6 +918,8 @@ class WasmtimeEngine(Engine):
                     )
 
     def run(self, module: LoadedModule, invocation: Invocation) -> RunResult:
+        if isinstance(module, ComponentModule) and module._owner is self:
+            return self._components.run(module, invocation)
         if not isinstance(module, WasmtimeModule) or module._owner is not self:
             raise EngineError(f"{module.path}: module was not loaded by this wasmtime engine")
         entrypoint = invocation.entrypoint
@@ -1036,6 +1047,11 @@ def _outcome(run: _Run, error: int | None, trap: int | None) -> tuple[Ending, in
 
 def _configure_wasi(ctx: int, path: Path, invocation: Invocation) -> None:
     """argv, env (only the invocation's), stdin and preopens for one run."""
+    _set_wasi(ctx, path, _wasi_config(path, invocation))
+
+
+def _wasi_config(path: Path, invocation: Invocation) -> int:
+    """A ``wasi_config_t`` with argv, env (only the invocation's), stdin and preopens."""
     wasi = lib.wasi_config_new()
     env = invocation.env
     try:
@@ -1071,6 +1087,11 @@ def _configure_wasi(ctx: int, path: Path, invocation: Invocation) -> None:
             raise EngineError(
                 f"{path}: cannot open volume {preopen.host_path} (for {preopen.guest_path})"
             )
+    return int(wasi)
+
+
+def _set_wasi(ctx: int, path: Path, wasi: int) -> None:
+    """Give the store its WASI context (for a core module's preview 1 and a component's 0.2)."""
     error = lib.wasmtime_context_set_wasi(ctx, wasi)  # takes ownership of the config
     if error:
         message = capi.take_message(lib.wasmtime_error_message, error)
@@ -1105,6 +1126,7 @@ def _use_pooling_allocator(config: wasmtime.Config) -> None:
         for setter in ("total_core_instances", "total_memories", "total_tables", "total_stacks"):
             getattr(lib, f"wasmtime_pooling_allocation_config_{setter}_set")(pool, _POOL_SLOTS)
         lib.wasmtime_pooling_allocation_config_max_unused_warm_slots_set(pool, 16)
+        configure_pooling(pool)
         lib.wasmtime_pooling_allocation_strategy_set(ctypes.cast(config.ptr(), c_void_p), pool)
     finally:
         lib.wasmtime_pooling_allocation_config_delete(pool)
