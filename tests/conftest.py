@@ -19,7 +19,6 @@ import requests
 
 from wagi.config import load_config
 from wagi.engines import importable
-from wagi.engines.base import file_is_component
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ROOT / "tests" / "modules"
@@ -157,15 +156,14 @@ def write_config(directory: Path, body: str) -> Path:
 
 
 def samples_without_volumes(directory: Path) -> Path:
-    """A copy of ``samples/modules.toml`` without the routes that map volumes (the guestbook,
-    the notes) or run components (notes, words, env-component).
+    """A copy of ``samples/modules.toml`` without the routes that map volumes (the guestbook).
 
-    Every engine can serve it, wasmer included (which refuses volumes and components), so tests
-    that compare the engines on the samples use it. Module paths become absolute.
+    Every engine can serve it, wasmer included (which refuses volumes), so tests that compare
+    the engines on the samples use it. Module paths become absolute.
     """
     lines = []
     for entry in load_config(SAMPLES / "modules.toml").modules:
-        if entry.volumes or file_is_component(entry.module.path):
+        if entry.volumes:
             continue
         assert entry.timeout is None and entry.max_memory is None, "copy these keys too"
         argv = entry.argv.items[0] if entry.argv.split else list(entry.argv.items)

@@ -157,11 +157,8 @@ def build_routing_table(
             parent = make_handler(entry, entry.entrypoint, global_env, settings)
             routes.append(Route(entry.route, parent, (entry.index, 0)))
             continue
-        if module.kind == "component" and entry.entrypoint != DEFAULT_ENTRYPOINT:
-            raise StartupError(
-                f"{where}, key 'entrypoint': {entry.module} is a {module.describe()}; a "
-                "component runs as a whole, 'entrypoint' (like _routes) belongs to core modules"
-            )
+        if module.kind == "component":
+            _check_component(where, entry, module)
         if entry.entrypoint not in module.exports:
             raise StartupError(
                 f"{where}, key 'entrypoint': the module exports no function "
@@ -188,6 +185,21 @@ def build_routing_table(
             handler = make_handler(entry, export, global_env, settings)
             routes.append(Route(pattern, handler, (entry.index, number)))
     return RoutingTable(routes)
+
+
+def _check_component(where: str, entry: ModuleEntry, module: LoadedModule) -> None:
+    """What a component cannot be given, by key (the engine's prepare checks its imports)."""
+    if entry.entrypoint != DEFAULT_ENTRYPOINT:
+        raise StartupError(
+            f"{where}, key 'entrypoint': {entry.module} is a {module.describe()}; a "
+            "component runs as a whole, 'entrypoint' (like _routes) belongs to core modules"
+        )
+    if entry.tmp is not None:
+        raise StartupError(
+            f"{where}, key 'tmp': {entry.module} is a {module.describe()}; wagi cannot bound "
+            "what a component writes to files (no engine offers a hook on WASI 0.2's file "
+            "streams), so a component gets no scratch directory"
+        )
 
 
 def invocation_for(

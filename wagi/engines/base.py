@@ -166,7 +166,7 @@ class LoadedModule(abc.ABC):
     def describe(self) -> str:
         """What the module is, for ``wagi check`` and messages."""
         if self.kind == "component":
-            return f"component, exports {self.command}"
+            return f"component, exports {self.command or 'no wasi:cli/run'}"
         return "module"
 
 

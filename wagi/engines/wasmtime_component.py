@@ -174,6 +174,11 @@ _CONFINED = {
 
 RUN_INTERFACE = "wasi:cli/run"
 
+NO_WRITE_BUDGET = (
+    "wagi cannot bound what a component writes to files (wasmtime's C API has no hook on "
+    "WASI 0.2's file streams), so a component gets no scratch directory ('tmp')"
+)
+
 
 def import_problem(name: str) -> str | None:
     """Why wagi cannot give a component the import ``name``, or None when it can."""
@@ -222,8 +227,9 @@ class ComponentModule(LoadedModule):
         self.imports = imports
         """Every interface the component imports, by name (``wasi:cli/stdout@0.2.0``, ...)."""
         self.command = command
-        self.exports = frozenset({"_start"}) if command else frozenset()
-        """A command has one way in; it answers to the default entrypoint, ``_start``."""
+        self.exports = frozenset({"_start"})
+        """A component has one way in: it answers to the default entrypoint, ``_start``
+        (one that is no command is refused by :meth:`ComponentRunner.prepare`, saying so)."""
         self._run_index = run_index
         self._component_ptr = ctypes.cast(component.ptr(), c_void_p).value
         self._run_ptr = ctypes.cast(run_index.ptr(), c_void_p).value if run_index else None
@@ -348,7 +354,8 @@ class ComponentRunner:
 
     def prepare(self, module: ComponentModule, limits: Limits) -> None:
         """Refuse at start-up a component that is no command, imports what wagi cannot
-        confine, or needs what components cannot have (a write budget)."""
+        confine, or needs what components cannot have (a write budget, which the layer
+        above also refuses by name: the ``tmp`` key)."""
         if not module.command:
             raise EngineError(
                 f"{module.path}: a component that exports no {RUN_INTERFACE}@0.2.x (not a "
@@ -359,11 +366,7 @@ class ComponentRunner:
             if problem:
                 raise EngineError(f"{module.path}: the component {problem}")
         if limits.max_write is not None:
-            raise EngineError(
-                f"{module.path}: a component cannot have a scratch directory ('tmp'): wagi "
-                "cannot bound what a component writes to files (wasmtime's C API has no hook "
-                "on WASI 0.2's file streams)"
-            )
+            raise EngineError(f"{module.path}: {NO_WRITE_BUDGET}")
         if not module._linked:
             self._trial(module)
             module._linked = True
@@ -402,6 +405,8 @@ class ComponentRunner:
                 f"{invocation.entrypoint!r}"
             )
         limits = invocation.limits
+        if limits.max_write is not None:
+            raise EngineError(f"{module.path}: {NO_WRITE_BUDGET}")
         store = lib.wasmtime_store_new(owner._engine_ptr, None, capi.NO_FINALIZER)
         ctx = lib.wasmtime_store_context(store)
         streams: _Streams | None = None
