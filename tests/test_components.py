@@ -100,8 +100,24 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(server_factory: Callable[..., Server], data: Path) -> Server:
-    return server_factory(CONFIG.replace("@DATA@", str(data)), "wasmtime", workers=1)
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An artifact cache holding the component samples, compiled once for this module's
+    servers: CPython and SpiderMonkey take wasmtime about 20 s of CPU to compile, more
+    than a loaded machine leaves a server to become healthy."""
+    cache = tmp_path_factory.mktemp("compiled")
+    result = wagi("check", "--config", str(SAMPLES / "components.toml"), cache=cache, timeout=900)
+    assert result.returncode == 0, result.stderr
+    return cache
+
+
+@pytest.fixture(scope="module")
+def server(server_factory: Callable[..., Server], data: Path, compiled: Path) -> Server:
+    return server_factory(
+        CONFIG.replace("@DATA@", str(data)),
+        "wasmtime",
+        workers=1,
+        extra_env={"WAGI_CACHE_DIR": str(compiled)},
+    )
 
 
 def answer(server: Server, request: bytes) -> tuple[bytes, bytes]:
@@ -237,18 +253,19 @@ def test_c_component_answers_like_the_core_module(server: Server) -> None:
         assert "GREETING=hi" in expected
 
 
-def wagi(*args: str, cache: Path) -> subprocess.CompletedProcess[bytes]:
+def wagi(*args: str, cache: Path, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WAGI_")}
     return subprocess.run(
         [sys.executable, "-m", "wagi", *args, "--cache-dir", str(cache)],
         cwd=ROOT,
         env=clean,
         capture_output=True,
-        timeout=300,
+        timeout=timeout,
     )
 
 
-def test_wagi_run_and_check_on_the_component_samples(tmp_path: Path) -> None:
+def test_wagi_run_and_check_on_the_component_samples(compiled: Path) -> None:
+    tmp_path = compiled
     config = str(SAMPLES / "components.toml")
     check = wagi("check", "--config", config, cache=tmp_path)
     assert check.returncode == 0, check.stderr
