@@ -317,6 +317,20 @@ def test_expected_answers_of_the_probe(server: Server) -> None:
     assert server.get("/comp?hdr&grow=8&grow=30").text == "grew\nfailed\n"
 
 
+def test_a_large_answer_streams_and_a_later_trap_cuts_it(server: Server) -> None:
+    """Past 256 KiB held back, a component's stdout streams (chunked) as a core module's does;
+    a trap after the first bytes cuts the response, never a clean end."""
+    size = 300_000
+    raw = server.raw(f"GET /comp?hdr&out={size} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+    head, body = split_response(raw)
+    assert b"\r\nTransfer-Encoding: chunked" in head
+    assert body == b"x" * size
+    cut = server.raw(f"GET /comp?hdr&out={size}&trap HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+    head, _, chunks = cut.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"Transfer-Encoding: chunked" in head
+    assert not chunks.endswith(b"0\r\n\r\n"), "a failed module must never look like a clean end"
+
+
 def test_run_returning_an_error_is_500(server: Server) -> None:
     r = server.get("/fails")
     assert (r.status_code, r.text) == (500, "500 Internal Server Error: the module failed\n")
