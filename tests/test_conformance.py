@@ -5,7 +5,9 @@ the response, streaming, framing) and docs/security.md (isolation and faults).
 
 Each engine available on this Python gets one real gunicorn server (one worker,
 so consecutive requests share a process and any leak between them shows) and
-the same assertions, byte for byte.
+the same assertions, byte for byte. On wasmtime the probe also runs as a WASI 0.2
+component (``probe.component.wasm``: the same probe.c through the preview 1 adapter),
+against the same assertions: a command answers alike in either form.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ import pytest
 
 import wagi
 
-from .conftest import Server, env_lines, split_response
+from .conftest import ENGINES, MODULES, PROBE, Server, env_lines, split_response
+
+PROBE_COMPONENT = MODULES / "probe.component.wasm"
+
+FLAVOURS = [(engine, "module") for engine in ENGINES]
+if "wasmtime" in ENGINES:
+    FLAVOURS.append(("wasmtime", "component"))
 
 CONFIG = """
 [[module]]
@@ -71,14 +79,25 @@ MAX_BODY = 4096
 MAX_RESPONSE = 100_000
 
 
+@pytest.fixture(scope="module", params=FLAVOURS, ids=lambda flavour: "-".join(flavour))
+def flavour(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(engine, the probe's form): every engine runs the probe as a core module, wasmtime
+    as a component too."""
+    return request.param  # type: ignore[no-any-return]
+
+
 @pytest.fixture(scope="module")
 def server(
-    engine: str, server_factory: Callable[..., Server], tmp_path_factory: pytest.TempPathFactory
+    flavour: tuple[str, str],
+    server_factory: Callable[..., Server],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Server:
+    engine, form = flavour
+    probe = PROBE_COMPONENT if form == "component" else PROBE
     env_file = tmp_path_factory.mktemp("envfile") / "global.env"
     env_file.write_text("FROM_FILE=file\nFILE_ONLY=1\nSHARED=file\n")
     return server_factory(
-        CONFIG,
+        CONFIG.replace("{probe}", str(probe)),
         engine,
         workers=1,
         extra_env={
@@ -359,11 +378,13 @@ def test_exit_zero_is_success(server: Server) -> None:
     assert (r.status_code, r.text) == (200, "done\n")
 
 
-def test_nonzero_exit_is_500(server: Server) -> None:
+def test_nonzero_exit_is_500(server: Server, flavour: tuple[str, str]) -> None:
     r = server.get("/probe?hdr&print=partial&exit=3")
     assert r.status_code == 500
     assert r.text == "500 Internal Server Error: the module failed\n"
-    assert "[/probe/...] exited with code 3" in server.log()
+    # WASI 0.2's exit says only ok or error: the adapter turns exit(3) into an error, code 1.
+    code = 1 if flavour[1] == "component" else 3
+    assert f"[/probe/...] exited with code {code}" in server.log()
 
 
 def test_trap_is_500(server: Server) -> None:

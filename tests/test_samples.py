@@ -4,7 +4,8 @@
 - ``request.wasm`` (AssemblyScript): an HTML page showing the request it got.
 - ``guestbook/guestbook.wasm`` (C): a small web application; entries in a read-write volume,
   its CSS from a read-only one. Engines that cannot honour volumes must refuse it at start-up.
-- ``samples/build.sh`` rebuilds every committed ``.wasm`` from its source, byte for byte.
+- ``samples/build.sh`` rebuilds every committed ``.wasm`` from its source, byte for byte; the
+  Python and JavaScript components (not byte-reproducible) to components that answer alike.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import concurrent.futures
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -560,6 +562,7 @@ def test_build_sh_rebuilds_every_committed_module_byte_for_byte(tmp_path: Path) 
     built = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.wasm"))
     assert built == [
         "echo.wasm",
+        "env.component.wasm",
         "env.wasm",
         "guestbook/guestbook.wasm",
         "request.wasm",
@@ -568,3 +571,92 @@ def test_build_sh_rebuilds_every_committed_module_byte_for_byte(tmp_path: Path) 
     ]
     stale = [n for n in built if (tmp_path / n).read_bytes() != (SAMPLES / n).read_bytes()]
     assert not stale, f"rebuild with samples/build.sh and commit: {stale}"
+
+
+# Requests to a rebuilt Python or JavaScript component, and their answers byte for byte
+# (tests/test_components.py holds the committed components to the same and more).
+NOTES_STYLE = (
+    "body{font-family:sans-serif;max-width:42em;margin:2em auto;line-height:1.5}"
+    "pre{background:#eee;padding:.5em}table{border-collapse:collapse}"
+    "td,th{border:1px solid #ccc;padding:.2em .5em}"
+)
+HTML = "Status: 200 OK\nContent-Type: text/html; charset=utf-8\n\n"
+JSON = "Content-Type: application/json\n\n"
+COMPONENT_PROBES = {
+    "notes/notes.wasm": [
+        (
+            ["/notes"],
+            {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "/notes"},
+            b"",
+            HTML + '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f"<title>Notes</title>\n<style>{NOTES_STYLE}</style>\n</head>\n<body>\n"
+            '<h1>Notes</h1>\n<ul>\n<li><a href="/notes/about">about</a></li>\n'
+            '<li><a href="/notes/welcome">welcome</a></li>\n</ul>\n</body>\n</html>\n',
+        ),
+        (
+            ["/notes"],
+            {"REQUEST_METHOD": "GET", "PATH_INFO": "/nope"},
+            b"",
+            "Status: 404 Not Found\nContent-Type: text/plain; charset=utf-8\n\nno page 'nope'\n",
+        ),
+        (
+            ["/notes"],
+            {"REQUEST_METHOD": "POST", "PATH_INFO": "/preview", "CONTENT_LENGTH": "13"},
+            b"# T\n\n`x` *y*",
+            HTML + "<h1>T</h1>\n<p><code>x</code> <em>y</em></p>\n",
+        ),
+    ],
+    "words/words.wasm": [
+        (
+            ["/words", "text=to+be+or+not+to+be"],
+            {"REQUEST_METHOD": "GET"},
+            b"",
+            "Status: 200 OK\n" + JSON + '{"words":6,"characters":18,"distinct":4,'
+            '"top":[["be",2],["to",2],["not",1],["or",1]]}\n',
+        ),
+        (
+            ["/words"],
+            {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": "11"},
+            "b a b\né 'x".encode(),
+            "Status: 200 OK\n" + JSON + '{"words":5,"characters":10,"distinct":4,'
+            '"top":[["b",2],["\'x",1],["a",1],["é",1]]}\n',
+        ),
+        (
+            ["/words"],
+            {"REQUEST_METHOD": "PUT"},
+            b"",
+            "Status: 405 Method Not Allowed\n"
+            + JSON
+            + '{"error":"PUT is not allowed: use GET or POST"}\n',
+        ),
+    ],
+}
+
+
+def test_build_sh_rebuilds_the_python_and_javascript_components(tmp_path: Path) -> None:
+    """componentize-py and componentize-js do not build byte for byte (each build snapshots
+    a freshly started interpreter), so a rebuild from the committed sources must *answer*
+    exactly as the committed component does (COMPONENT_PROBES)."""
+    from wagi.engines.base import Invocation, Preopen
+    from wagi.engines.wasmtime_engine import WasmtimeEngine
+
+    bin_dir = str(Path(sys.executable).parent)  # componentize-py, from the test extras
+    result = subprocess.run(
+        [str(SAMPLES / "build.sh"), "python", "javascript"],
+        env={
+            **os.environ,
+            "OUT_DIR": str(tmp_path),
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "PYTHON": sys.executable,
+        },
+        capture_output=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    engine = WasmtimeEngine()
+    pages = (Preopen("/pages", SAMPLES / "notes" / "pages", read_only=True),)
+    for name, requests_ in COMPONENT_PROBES.items():
+        rebuilt = engine.load(tmp_path / name)
+        for argv, env, stdin, answer in requests_:
+            invocation = Invocation(argv=argv, env=env, stdin=stdin, preopens=pages)
+            assert engine.run(rebuilt, invocation).stdout.decode() == answer, (name, env)

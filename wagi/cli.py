@@ -28,7 +28,7 @@ from wagi.config import (
     parse_oci_reference,
 )
 from wagi.gateway import CgiHttpResponse, Gateway, ResponseCut
-from wagi.handlers import StartupError
+from wagi.handlers import Handler, StartupError
 from wagi.policy import EngineChoice, EngineUnavailable, choose_engine, worker_problem
 from wagi.sources import SourceError, pull_modules, push_module
 from wagi.watchdog import tls_warning
@@ -159,8 +159,17 @@ def check(args: argparse.Namespace) -> int:
             handler = route.handler
             module = _shown_path(handler.entry.module, config.path)
             host = f"{hosts[number]:<{host_width}}  " if hosts else ""
-            print(f"  {host}{route.pattern:<{width}}  {module}  {handler.entrypoint}")
+            print(f"  {host}{route.pattern:<{width}}  {module}  {_runs(gateway, handler)}")
     return 0
+
+
+def _runs(gateway: Gateway, handler: Handler) -> str:
+    """What a route runs: a core module's export, or what a component is."""
+    try:
+        loaded = gateway.loader.get(handler.entry.module)
+    except Exception:  # shown as configured; start-up already said what is wrong
+        return handler.entrypoint
+    return loaded.describe() if loaded.kind == "component" else handler.entrypoint
 
 
 def _shown_path(module: LocalModule | OciModule, config: Path) -> str:

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 
 from wagi import scratch
 from wagi.cgi_request import ArgvTemplate
-from wagi.config import Config, ConfigError, ModuleEntry, Scratch, load_env_file
+from wagi.config import (
+    DEFAULT_ENTRYPOINT,
+    Config,
+    ConfigError,
+    ModuleEntry,
+    Scratch,
+    load_env_file,
+)
 from wagi.engines.base import (
     Engine,
     EngineError,
@@ -183,6 +190,8 @@ def build_routing_table(
             parent = make_handler(entry, entry.entrypoint, global_env, settings)
             routes.append(Route(entry.route, parent, (entry.index, 0), entry.host))
             continue
+        if module.kind == "component":
+            _check_component(where, entry, module)
         if entry.entrypoint not in module.exports:
             raise StartupError(
                 f"{where}, key 'entrypoint': the module exports no function "
@@ -210,3 +219,18 @@ def build_routing_table(
             # A sub-route answers the host its parent answers.
             routes.append(Route(pattern, handler, (entry.index, number), entry.host))
     return RoutingTable(routes)
+
+
+def _check_component(where: str, entry: ModuleEntry, module: LoadedModule) -> None:
+    """What a component cannot be given, by key (the engine's prepare checks its imports)."""
+    if entry.entrypoint != DEFAULT_ENTRYPOINT:
+        raise StartupError(
+            f"{where}, key 'entrypoint': {entry.module} is a {module.describe()}; a "
+            "component runs as a whole, 'entrypoint' (like _routes) belongs to core modules"
+        )
+    if entry.tmp is not None:
+        raise StartupError(
+            f"{where}, key 'tmp': {entry.module} is a {module.describe()}; wagi cannot bound "
+            "what a component writes to files (no engine offers a hook on WASI 0.2's file "
+            "streams), so a component gets no scratch directory"
+        )

@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wagi import wall
-from wagi.config import Config
+from wagi.config import Config, LocalModule, ModuleEntry
 from wagi.engines import ENGINE_NAMES, engine_class, importable
-from wagi.engines.base import Capabilities
+from wagi.engines.base import Capabilities, file_is_component
 
 _FALLBACK = ENGINE_NAMES[-1]
 """The engine ``--engine auto`` falls back to, which honours every setting: the one a
@@ -73,6 +73,12 @@ def refusals(
     problems = []
     for entry in config.modules:
         where = f"{config.path}: {entry.label}"
+        if not caps.components and _is_component(entry):
+            problems.append(
+                f"{where}, key 'module': {entry.module} is a WebAssembly component (WASI 0.2); "
+                f"{name} runs core modules only; use the wasmtime engine"
+            )
+            continue  # the one thing to say about this entry
         if entry.volumes and not caps.volumes:
             available = wall.availability(kernel_wall)
             if not available.ok:
@@ -117,6 +123,13 @@ def refusals(
                 f"use the {_FALLBACK} engine or drop the limit"
             )
     return problems
+
+
+def _is_component(entry: ModuleEntry) -> bool:
+    """Whether the entry's module file is a component (an OCI module is known once pulled:
+    the engine's load says it then)."""
+    module = entry.module
+    return isinstance(module, LocalModule) and file_is_component(module.path)
 
 
 def choose_engine(

@@ -169,6 +169,8 @@ class Capabilities:
     """Its WASI file I/O runs on process-wide helper threads, made by whichever thread first
     needed one and reused by every thread after it. Such threads carry their creator's
     kernel confinement (:mod:`wagi.landlock`), not their caller's."""
+    components: bool = False
+    """Runs WASI 0.2 command components (``wasi:cli/run``) as well as core modules."""
 
 
 class LoadedModule(abc.ABC):
@@ -176,7 +178,17 @@ class LoadedModule(abc.ABC):
 
     path: Path
     exports: frozenset[str]
-    """Names of the exported functions."""
+    """Names of the exported functions (a component: ``_start``, its one way in)."""
+    kind: ClassVar[str] = "module"
+    """``"module"`` (a core WebAssembly module) or ``"component"`` (a WASI 0.2 command)."""
+    command: str = ""
+    """A component's ``wasi:cli/run@0.2.x`` export, by name; ``""`` for a core module."""
+
+    def describe(self) -> str:
+        """What the module is, for ``wagi check`` and messages."""
+        if self.kind == "component":
+            return f"component, exports {self.command or 'no wasi:cli/run'}"
+        return "module"
 
 
 class Engine(abc.ABC):
@@ -227,6 +239,57 @@ class Engine(abc.ABC):
         :class:`RunResult`; only a failure to instantiate (say, a missing import)
         raises :class:`EngineError`.
         """
+
+
+COMPONENT_LAYER = b"\x0d\x00\x01\x00"
+"""The 4 bytes after ``\\0asm`` in a component (version 0x0d, layer 1); a core module has
+``01 00 00 00`` there."""
+
+
+def is_component(wasm: bytes) -> bool:
+    """Whether a WebAssembly binary is a component rather than a core module."""
+    return wasm[:4] == b"\0asm" and wasm[4:8] == COMPONENT_LAYER
+
+
+def file_is_component(path: Path) -> bool:
+    """Whether the file at ``path`` is a binary component (text and unreadable files: no).
+
+    Reads 8 bytes: cheap enough for policy, which runs before any engine exists.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    if head.startswith(b"\0asm"):
+        return is_component(head)
+    try:  # a .wat file: "(component" as its first form (comments aside, which are rare here)
+        text = Path(path).read_text("utf-8", "replace")
+    except OSError:
+        return False
+    return _first_form(text) == "component"
+
+
+def _first_form(text: str) -> str:
+    """The keyword of the first s-expression in WebAssembly text, skipping comments."""
+    i, n = 0, len(text)
+    while i < n:
+        if text.startswith(";;", i):
+            i = text.find("\n", i)
+            i = n if i < 0 else i + 1
+        elif text.startswith("(;", i):
+            i = text.find(";)", i)
+            i = n if i < 0 else i + 2
+        elif text[i].isspace():
+            i += 1
+        elif text[i] == "(":
+            j = i + 1
+            while j < n and not text[j].isspace() and text[j] not in "()":
+                j += 1
+            return text[i + 1 : j]
+        else:
+            return ""
+    return ""
 
 
 def read_module(path: Path) -> bytes:

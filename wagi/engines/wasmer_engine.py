@@ -97,6 +97,7 @@ from .base import (
     Limits,
     LoadedModule,
     RunResult,
+    is_component,
     read_module,
 )
 from .cache import ArtifactCache, content_hash
@@ -371,7 +372,13 @@ class WasmerEngine(Engine):
 
     def load(self, path: Path) -> WasmerModule:
         path = Path(path)
-        return self._load(path, read_module(path))
+        wasm = read_module(path)
+        if is_component(wasm):
+            raise EngineError(
+                f"{path}: a WebAssembly component (WASI 0.2); the wasmer engine runs core "
+                "modules only: use the wasmtime engine"
+            )
+        return self._load(path, wasm)
 
     def load_same(self, module: LoadedModule) -> WasmerModule:
         """``module`` (loaded by another engine) loaded here from the very bytes it was

@@ -14,7 +14,7 @@ How the pieces fit, and why:
   and wagi delivers every byte (docs/cgi.md, 'Whose bytes go where'; the
   trap: docs/engines.md, 'wasmtime'). wagi's own ``fd_write`` copies *all* buffers,
   straight from guest memory into the run's sink: a pipe the gateway streams
-  from (``Invocation.stdout_fd``) or a buffer. It is a raw C callback (about
+  takes (``Invocation.stdout``) or a buffer. It is a raw C callback (about
   3-5 µs a write). Writing to a WASI stdout *file* instead would cost no
   Python per write, but two path opens per run (~17 µs) and a rewrite of the
   module to loop over buffers; for CGI modules, which write a few large
@@ -82,9 +82,11 @@ from .base import (
     OutputGone,
     OutputTimedOut,
     RunResult,
+    is_component,
     read_module,
 )
 from .cache import ArtifactCache, content_hash
+from .wasmtime_component import ComponentModule, ComponentRunner, configure_pooling
 
 __all__ = ["WasmtimeEngine", "WasmtimeModule"]
 
@@ -711,6 +713,7 @@ class WasmtimeEngine(Engine):
         # wasmtime-wasi's file I/O runs on tokio's blocking pool (the C API does not ask
         # for blocking on the calling thread); tests/test_landlock.py measures it.
         shared_io_threads=True,
+        components=True,
     )
 
     def __init__(
@@ -766,6 +769,7 @@ class WasmtimeEngine(Engine):
         self._wasi_linker.define_wasi()
         self._wasi_linker_ptr = ctypes.cast(self._wasi_linker.ptr(), c_void_p).value
         self._forwarder_module: wasmtime.Module | None = None
+        self._components = ComponentRunner(self)
 
     @property
     def version(self) -> str:
@@ -773,10 +777,12 @@ class WasmtimeEngine(Engine):
 
     # -- loading ---------------------------------------------------------------
 
-    def load(self, path: Path) -> WasmtimeModule:
+    def load(self, path: Path) -> WasmtimeModule | ComponentModule:
         path = Path(path)
         wasm = read_module(path)
         digest = content_hash(wasm)
+        if is_component(wasm):
+            return self._components.load(path, wasm, digest)
         module, from_cache = self._compile(path, wasm, digest)
         instance_pre: wasmtime.InstancePre | None = None
         link_error: str | None = None
@@ -865,6 +871,9 @@ class WasmtimeEngine(Engine):
         Only memories the module imports or exports are visible here; WASI modules
         export theirs. Any other one still fails at instantiation, per request.
         """
+        if isinstance(module, ComponentModule) and module._owner is self:
+            self._components.prepare(module, limits)
+            return
         if not isinstance(module, WasmtimeModule):
             return
         if module._link_error:
@@ -882,6 +891,8 @@ class WasmtimeEngine(Engine):
                     )
 
     def run(self, module: LoadedModule, invocation: Invocation) -> RunResult:
+        if isinstance(module, ComponentModule) and module._owner is self:
+            return self._components.run(module, invocation)
         if not isinstance(module, WasmtimeModule) or module._owner is not self:
             raise EngineError(f"{module.path}: module was not loaded by this wasmtime engine")
         entrypoint = invocation.entrypoint
@@ -1009,6 +1020,11 @@ def _outcome(run: _Run, error: int | None, trap: int | None) -> tuple[Ending, in
 
 def _configure_wasi(ctx: int, path: Path, invocation: Invocation) -> None:
     """argv, env (only the invocation's), stdin and preopens for one run."""
+    _set_wasi(ctx, path, _wasi_config(path, invocation))
+
+
+def _wasi_config(path: Path, invocation: Invocation) -> int:
+    """A ``wasi_config_t`` with argv, env (only the invocation's), stdin and preopens."""
     wasi = lib.wasi_config_new()
     env = invocation.env
     try:
@@ -1041,6 +1057,11 @@ def _configure_wasi(ctx: int, path: Path, invocation: Invocation) -> None:
             raise EngineError(
                 f"{path}: cannot open volume {preopen.host_path} (for {preopen.guest_path})"
             )
+    return int(wasi)
+
+
+def _set_wasi(ctx: int, path: Path, wasi: int) -> None:
+    """Give the store its WASI context (for a core module's preview 1 and a component's 0.2)."""
     error = lib.wasmtime_context_set_wasi(ctx, wasi)  # takes ownership of the config
     if error:
         message = capi.take_message(lib.wasmtime_error_message, error)
@@ -1139,6 +1160,7 @@ def _use_pooling_allocator(config: wasmtime.Config) -> None:
         for setter in ("total_core_instances", "total_memories", "total_tables", "total_stacks"):
             getattr(lib, f"wasmtime_pooling_allocation_config_{setter}_set")(pool, _POOL_SLOTS)
         lib.wasmtime_pooling_allocation_config_max_unused_warm_slots_set(pool, 16)
+        configure_pooling(pool)
         lib.wasmtime_pooling_allocation_strategy_set(ctypes.cast(config.ptr(), c_void_p), pool)
     finally:
         lib.wasmtime_pooling_allocation_config_delete(pool)
