@@ -13,8 +13,8 @@ How the pieces fit, and why:
   a vectored write (a legal short write that some toolchains do not retry),
   and wagi delivers every byte (docs/cgi.md, 'Whose bytes go where'; the
   trap: docs/engines.md, 'wasmtime'). wagi's own ``fd_write`` copies *all* buffers,
-  straight from guest memory into the run's sink: a pipe the gateway streams
-  takes (``Invocation.stdout``) or a buffer. It is a raw C callback (about
+  straight from guest memory into the run's sink (``Invocation.stdout``, which
+  the gateway streams to the client) or a buffer. It is a raw C callback (about
   3-5 µs a write). Writing to a WASI stdout *file* instead would cost no
   Python per write, but two path opens per run (~17 µs) and a rewrite of the
   module to loop over buffers; for CGI modules, which write a few large
