@@ -28,7 +28,7 @@ from wagi.engines.base import (  # noqa: E402
 )
 from wagi.engines.cache import ArtifactCache, content_hash  # noqa: E402
 from wagi.engines.memory_cap import cap_memory  # noqa: E402
-from wagi.engines.wasmer_engine import (  # noqa: E402
+from wagi.engines.wasmer import (  # noqa: E402
     _SEAL_SLACK,
     WasmerEngine,
     WasmerModule,

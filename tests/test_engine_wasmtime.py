@@ -23,7 +23,7 @@ from wagi.engines.base import (
     RunResult,
 )
 from wagi.engines.cache import ArtifactCache
-from wagi.engines.wasmtime_engine import WasmtimeEngine
+from wagi.engines.wasmtime.engine import WasmtimeEngine
 
 IMPORTS = """
   (import "wasi_snapshot_preview1" "fd_write"

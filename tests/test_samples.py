@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from wagi.config import load_config
-from wagi.policy import refusals
+from wagi.execution.engine_choice import refusals
 
 from .conftest import ENGINES, SAMPLES, Server, split_response, start_gunicorn, write_config
 

@@ -1,6 +1,6 @@
 """The ``wagi`` command: ``serve``, ``run``, ``check`` and ``push``.
 
-Every server option (see :mod:`wagi.settings`) is a flag of each command and a
+Every server option (see :mod:`wagi.config.settings`) is a flag of each command and a
 ``WAGI_*`` environment variable; flags win.
 """
 
@@ -18,7 +18,6 @@ from pathlib import Path
 from werkzeug.test import EnvironBuilder
 
 from wagi import __version__
-from wagi import settings as wagi_settings
 from wagi.config import (
     Config,
     ConfigError,
@@ -27,11 +26,17 @@ from wagi.config import (
     load_config,
     parse_oci_reference,
 )
-from wagi.gateway import CgiHttpResponse, Gateway, ResponseCut
-from wagi.handlers import StartupError
-from wagi.policy import EngineChoice, EngineUnavailable, choose_engine, worker_problem
-from wagi.sources import SourceError, pull_modules, push_module
-from wagi.watchdog import tls_warning
+from wagi.config import settings as wagi_settings
+from wagi.config.sources import SourceError, pull_modules, push_module
+from wagi.execution.engine_choice import (
+    EngineChoice,
+    EngineUnavailable,
+    choose_engine,
+    worker_problem,
+)
+from wagi.execution.handlers import StartupError
+from wagi.server.gateway import CgiHttpResponse, Gateway, ResponseCut
+from wagi.server.watchdog import tls_warning
 
 DESCRIPTION = "wagi: run WebAssembly (WASI) modules as CGI handlers behind gunicorn."
 
@@ -179,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     config, _ = pull_modules(config, server_settings)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     if server_settings.log_format == "json":
-        from wagi.logformat import JsonFormatter
+        from wagi.observability.logformat import JsonFormatter
 
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter())

@@ -7,7 +7,7 @@ compile. The engine, the compiled modules and the routing table are created
 in each worker, by the ``post_worker_init`` hook of ``gunicorn.conf.py`` or at
 the first request otherwise. Modules from an OCI registry are found in the
 cache, never pulled here: ``wagi check`` pulled them, and the master passed on
-the digests its tags resolved to (:mod:`wagi.sources`).
+the digests its tags resolved to (:mod:`wagi.config.sources`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wagi import settings as wagi_settings
 from wagi.config import Config, load_config
-from wagi.gateway import Gateway
-from wagi.sources import pins_from_environ, resolve_modules
+from wagi.config import settings as wagi_settings
+from wagi.config.sources import pins_from_environ, resolve_modules
+from wagi.server.gateway import Gateway
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

@@ -163,7 +163,7 @@ def cgi_variables(
     """The CGI meta-variables for a request (its WSGI ``environ``) that matched
     ``matched_route``.
 
-    ``request_id`` becomes ``X_REQUEST_ID`` (see :mod:`wagi.observe`).
+    ``request_id`` becomes ``X_REQUEST_ID`` (see :mod:`wagi.observability.observe`).
     """
     scheme = environ.get("wsgi.url_scheme", "http")
     default_port = "443" if scheme == "https" else "80"

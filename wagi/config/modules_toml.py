@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from wagi.cgi_request import DEFAULT_ARGV, ArgvTemplate
-from wagi.outbound_http import Origin, parse_allowed_hosts, parse_max_concurrency
+from wagi.cgi.request import DEFAULT_ARGV, ArgvTemplate
+from wagi.config.settings import ENV_NAME, parse_byte_size, parse_seconds
+from wagi.outbound.abi import Origin, parse_allowed_hosts, parse_max_concurrency
 from wagi.routing import validate_host, validate_route
-from wagi.settings import ENV_NAME, parse_byte_size, parse_seconds
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -79,7 +79,7 @@ class LocalModule:
 class OciModule:
     """A module published as an OCI artifact: ``oci://registry:5000/team/hello:1.0``.
 
-    Parsing only names it; :mod:`wagi.sources` pulls it at start-up (``wagi check``),
+    Parsing only names it; :mod:`wagi.config.sources` pulls it at start-up (``wagi check``),
     verifies it and sets ``path`` to the verified copy in the cache. A ``digest``
     pins the exact bytes; a ``tag`` alone is resolved to a digest at each start-up
     and reload.
@@ -92,7 +92,7 @@ class OciModule:
     digest: str | None = None
     """``sha256:<64 hex digits>``: the manifest's digest."""
     path: Path | None = None
-    """The pulled, verified module file; ``None`` until :mod:`wagi.sources` resolves it."""
+    """The pulled, verified module file; ``None`` until :mod:`wagi.config.sources` resolves it."""
 
     @property
     def reference(self) -> str:
@@ -109,7 +109,7 @@ class OciModule:
 
 
 ModuleSource = LocalModule | OciModule
-"""Where a module comes from; :mod:`wagi.sources` turns either into a local file."""
+"""Where a module comes from; :mod:`wagi.config.sources` turns either into a local file."""
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _REGISTRY = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?")
@@ -164,7 +164,7 @@ def parse_oci_reference(raw: str) -> OciModule:
 
 @dataclass(frozen=True)
 class Scratch:
-    """A route's ``tmp``: a private, empty directory per request (see :mod:`wagi.scratch`)."""
+    """A route's ``tmp``: a private, empty directory per request (:mod:`wagi.execution.scratch`)."""
 
     guest_path: str = DEFAULT_TMP_PATH
     max_size: int = DEFAULT_TMP_MAX_SIZE

@@ -1,6 +1,6 @@
 """A client for the OCI distribution API, spoken over ``requests``.
 
-:mod:`wagi.sources` pulls and pushes modules through it. It knows the HTTP side
+:mod:`wagi.config.sources` pulls and pushes modules through it. It knows the HTTP side
 only: manifests and blobs of a repository, how registries ask for credentials,
 and how to say in one sentence what a registry answered. It knows nothing about
 WebAssembly. Example::

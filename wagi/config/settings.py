@@ -49,7 +49,8 @@ class KernelWall(Choice):
 
 
 AUTO: Final = "auto"
-"""``--engine auto``: let :func:`wagi.policy.choose_engine` pick from the engines table."""
+"""``--engine auto``: let :func:`wagi.execution.engine_choice.choose_engine` pick from the
+engines table."""
 
 EngineSetting: TypeAlias = EngineName | Literal["auto"]
 """``--engine``: an engine, or ``auto``."""

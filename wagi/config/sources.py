@@ -46,9 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from wagi.config import Config, ModuleEntry, OciModule
+from wagi.config.registry import Registry, RegistryError, Unreachable, uses_plain_http
+from wagi.config.settings import ServerSettings
 from wagi.engines.base import EngineError, read_module
-from wagi.registry import Registry, RegistryError, Unreachable, uses_plain_http
-from wagi.settings import ServerSettings
 
 WASM_LAYER_TYPES = ("application/vnd.wasm.content.layer.v1+wasm", "application/wasm")
 """Layers that hold a module: wasm-to-oci's (WAGI 0.8, the one ``wagi push`` writes) and

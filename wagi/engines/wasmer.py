@@ -77,7 +77,7 @@ from typing import Any
 
 import wasmtime
 
-from wagi.outbound_http import (
+from wagi.outbound.abi import (
     DENY_ALL,
     IMPORT_MODULE,
     SIGNATURES,
@@ -766,7 +766,7 @@ class _DeadlinePassed(Exception):
 
 
 class _WasmerMemory:
-    """The instance's ``memory`` export, for :mod:`wagi.outbound_http` (one call)."""
+    """The instance's ``memory`` export, for :mod:`wagi.outbound.abi` (one call)."""
 
     __slots__ = ("_view",)
 

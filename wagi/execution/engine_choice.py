@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wagi import wall
 from wagi.config import Config
 from wagi.engines import ENGINE_NAMES, engine_class, importable
 from wagi.engines.base import Capabilities
+from wagi.execution import wall
 
 _FALLBACK = ENGINE_NAMES[-1]
 """The engine ``--engine auto`` falls back to, which honours every setting: the one a
@@ -67,7 +67,7 @@ def refusals(
     """What in ``config`` engine ``name`` cannot honour, one message per problem.
 
     ``kernel_wall`` is ``--kernel-wall``: an engine that does not confine volumes serves
-    them only behind the wall (:mod:`wagi.wall`).
+    them only behind the wall (:mod:`wagi.execution.wall`).
     """
     caps = engine_class(name).capabilities
     problems = []

@@ -14,9 +14,9 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from wagi import scratch
-from wagi.cgi_request import ArgvTemplate
+from wagi.cgi.request import ArgvTemplate
 from wagi.config import Config, ConfigError, ModuleEntry, Scratch, load_env_file
+from wagi.config.settings import ServerSettings
 from wagi.engines.base import (
     Engine,
     EngineError,
@@ -27,11 +27,11 @@ from wagi.engines.base import (
     RunResult,
     StdoutSink,
 )
-from wagi.landlock import WallError
-from wagi.loader import ModuleLoader
-from wagi.outbound_http import OutboundPolicy
+from wagi.execution import scratch
+from wagi.execution.landlock import WallError
+from wagi.execution.loader import ModuleLoader
+from wagi.outbound.abi import OutboundPolicy
 from wagi.routing import Route, RoutingTable, join_subroute
-from wagi.settings import ServerSettings
 
 logger = logging.getLogger("wagi")
 
@@ -58,7 +58,7 @@ class Handler:
     limits: Limits
     outbound: OutboundPolicy
     scratch: Scratch | None
-    """A private directory per request (``tmp``), made by :func:`wagi.scratch.provide`."""
+    """A private directory per request (``tmp``), made by :func:`wagi.execution.scratch.provide`."""
 
     @property
     def argv(self) -> ArgvTemplate:
@@ -164,7 +164,7 @@ def build_routing_table(
     would make gunicorn stop the whole server. Its ``_routes`` sub-routes wait for a restart.
 
     ``run`` runs ``_routes`` where the route's requests will run (behind the same kernel
-    wall, :meth:`wagi.confined.RunSites.run`).
+    wall, :meth:`wagi.execution.sites.RunSites.run`).
     """
     try:
         global_env = global_environment(settings)

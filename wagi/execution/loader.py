@@ -3,7 +3,7 @@
 A module file replaced on disk is picked up by the next request without a
 restart: each lookup compares the file's identity (inode, size, mtime) with the
 one it was compiled from, a single ``stat`` call. A module pulled from an OCI
-registry is a content-addressed file in the cache (:mod:`wagi.sources`), which
+registry is a content-addressed file in the cache (:mod:`wagi.config.sources`), which
 never changes: only a reload (which pulls again) serves another version.
 
 Hot reload keeps the last good module (docs/reliability.md). A version of the

@@ -110,8 +110,8 @@ def worker_folder() -> Path:
     """This process's folder of transient files, made (after cleaning leftovers) once.
 
     It holds the scratch directories and the spooled request bodies
-    (:func:`wagi.gateway.read_body`): the one host folder, besides volumes, that the
-    kernel wall (:mod:`wagi.wall`) lets the threads that run modules reach.
+    (:func:`wagi.server.gateway.read_body`): the one host folder, besides volumes, that the
+    kernel wall (:mod:`wagi.execution.wall`) lets the threads that run modules reach.
     """
     global _worker
     pid = os.getpid()

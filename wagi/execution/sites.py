@@ -1,11 +1,12 @@
-"""Where a worker's module runs happen, behind the kernel wall that :mod:`wagi.wall` plans.
+"""Run sites: where a worker's module runs happen, behind the wall that :mod:`~wagi.execution.wall`
+plans.
 
 - An engine with a wall for the whole worker (wasmtime) runs modules on the
   thread that serves the request, once a serving worker has confined itself
   (:meth:`RunSites.confine_this_thread`, the last step of building it): every
   thread it makes from then on, the engine's WASI helpers included, inherits the
   wall. A process that stays unconfined (``wagi run``, ``wagi check``, start-up
-  ``_routes``) runs them on runner threads (:mod:`wagi.runner`), one pool per
+  ``_routes``) runs them on runner threads (:mod:`wagi.execution.runners`), one pool per
   ``[[module]]``, each confined to the same wall before its first run.
 - An engine that does not confine volumes itself (wasmer) runs each route with
   volumes on threads of its own, confined to that route's wall. Such a thread
@@ -31,15 +32,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wagi import landlock
 from wagi.engines import engine_class
 from wagi.engines.base import Engine, EngineError, Invocation, Limits, LoadedModule, RunResult
 from wagi.engines.cache import ArtifactCache
-from wagi.runner import RunnerPool
-from wagi.wall import Wall, WallPlan
+from wagi.execution import landlock
+from wagi.execution.runners import RunnerPool
+from wagi.execution.wall import Wall, WallPlan
 
 if TYPE_CHECKING:
-    from wagi.handlers import Handler
+    from wagi.execution.handlers import Handler
 
 logger = logging.getLogger("wagi")
 
@@ -164,7 +165,7 @@ class RunSites:
     def confine_this_thread(self) -> landlock.Report:
         """Raise the worker's wall around the calling thread (and every thread it makes
         from now on), for good: from then on modules run on it. Raises
-        :class:`~wagi.landlock.WallError`, confining nothing, if it cannot."""
+        :class:`~wagi.execution.landlock.WallError`, confining nothing, if it cannot."""
         assert self.plan.worker is not None
         report = self.plan.worker.raise_here()
         self.confined_here = threading.current_thread()
@@ -198,7 +199,7 @@ class RunSites:
     def run(self, handler: Handler, module: Any, invocation: Invocation) -> RunResult:
         """Run ``module`` where ``handler``'s runs belong, and wait for the result.
 
-        Raises :class:`~wagi.landlock.WallError` when a new thread cannot be confined.
+        Raises :class:`~wagi.execution.landlock.WallError` when a new thread cannot be confined.
         """
         if self.confined is not None and handler.entry.index in self.plan.routes:
             return self.confined.run(handler, module, invocation)

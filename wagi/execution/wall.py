@@ -1,7 +1,7 @@
 """The kernel wall around the code that runs modules: planned once, from the configuration.
 
 The WebAssembly sandbox is the first wall around a module; Linux Landlock
-(:mod:`wagi.landlock`) is the second, below it. This module decides what the
+(:mod:`wagi.execution.landlock`) is the second, below it. This module decides what the
 code that runs modules may reach on the host, from ``modules.toml`` and what
 the engine says of itself (:class:`~wagi.engines.base.Capabilities`):
 
@@ -20,12 +20,12 @@ the engine says of itself (:class:`~wagi.engines.base.Capabilities`):
   ``wagi check``) runs modules on runner threads behind the same wall.
 - An engine that **does not confine volumes** itself (wasmer): each
   ``[[module]]`` with volumes runs on threads of its own, confined to that
-  route's volumes (:mod:`wagi.confined`). Without the wall, such an engine maps
-  no volumes at all (:mod:`wagi.policy` refuses them).
+  route's volumes (:mod:`wagi.execution.sites`). Without the wall, such an engine maps
+  no volumes at all (:mod:`wagi.execution.engine_choice` refuses them).
 
 Besides volumes a confined thread reaches only what a run needs:
 
-- this worker's folder of transient files (:func:`wagi.scratch.worker_folder`),
+- this worker's folder of transient files (:func:`wagi.execution.scratch.worker_folder`),
   read-write: spooled request bodies, scratch directories (``tmp``);
 - for routes with outbound HTTP: the resolver's files, read-only, and TCP
   connections (denied otherwise). TLS trust is loaded before the wall goes up.
@@ -55,11 +55,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wagi import landlock, scratch
 from wagi.config import Config, LocalModule, ModuleEntry
+from wagi.config.settings import ServerSettings
 from wagi.engines.base import Capabilities
-from wagi.landlock import Availability, PathRule
-from wagi.settings import ServerSettings
+from wagi.execution import landlock, scratch
+from wagi.execution.landlock import Availability, PathRule
 
 logger = logging.getLogger("wagi")
 
@@ -111,7 +111,7 @@ class Wall:
 
         A volume that no longer exists is left out, with an error in the log: its route
         fails (as it would without the wall) and every other route goes on. Raises
-        :class:`~wagi.landlock.WallError`, confining nothing, if it cannot confine.
+        :class:`~wagi.execution.landlock.WallError`, confining nothing, if it cannot confine.
         """
         _import_what_runs_need(self.outbound_http)
         rules = [r for r in self.rules if r.path == self.transient or os.path.exists(r.path)]
@@ -129,7 +129,7 @@ def _import_what_runs_need(outbound_http: bool) -> None:
     import encodings.idna  # noqa: F401  (socket encodes host names with it)
 
     if outbound_http:
-        from wagi.outbound_http import worker_client
+        from wagi.outbound.abi import worker_client
 
         worker_client()  # its TLS context reads the trust store now
 
@@ -231,7 +231,7 @@ def plan_walls(
     """The walls of a worker whose engine has ``capabilities``.
 
     ``transient`` is the worker's folder of transient files (by default
-    :func:`wagi.scratch.worker_folder`, made now); ``worker`` what a whole confined
+    :func:`wagi.execution.scratch.worker_folder`, made now); ``worker`` what a whole confined
     worker itself still needs (granted only where the whole worker is confined). Raises
     :class:`WallRefused` when ``--kernel-wall required`` meets a kernel without Landlock,
     or a volume would let modules write the artifact cache.

@@ -4,7 +4,7 @@ One object per line, for log shippers, from every logger a server writes to:
 gunicorn's error log (``gunicorn.error``) and access log (``gunicorn.access``),
 wagi's events (``wagi``) and module stderr (``wagi.module``). Each carries
 ``time``, ``level``, ``logger``, ``pid`` and ``message``, and, made while a
-request is served, the request's fields (:meth:`wagi.observe.Observation.log_fields`):
+request is served, the request's fields (:meth:`wagi.observability.observe.Observation.log_fields`):
 ``request_id``, ``engine``, ``route`` (when one matched), ``status`` (once
 sent), ``duration_ms`` (since the request arrived; on the access line, the
 whole request), ``run_ms`` and ``ending`` (once the module ran)::
@@ -26,7 +26,7 @@ from typing import Any
 from gunicorn.glogging import Logger
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
-from wagi.observe import ENVIRON_KEY, Observation, current
+from wagi.observability.observe import ENVIRON_KEY, Observation, current
 
 
 def json_logs() -> bool:

@@ -7,7 +7,7 @@ gunicorn hooks (:mod:`wagi.gunicorn_conf`) do the rest, in the master:
 - ``on_starting``: :class:`MetricsServer` makes a fresh directory, sets
   ``PROMETHEUS_MULTIPROC_DIR`` (before any process imports prometheus_client,
   which reads it once, at import) and starts the process that serves
-  ``/metrics`` on its own port: ``python -m wagi.metrics HOST:PORT``, freshly
+  ``/metrics`` on its own port: ``python -m wagi.observability.metrics HOST:PORT``, freshly
   started (never a bare fork: docs/engines.md, 'Fork safety'), only reading that directory,
   and ending when the master does (its stdin is a pipe from the master);
 - ``pre_fork`` and ``child_exit``: workers started and ended (a restart is one
@@ -15,7 +15,7 @@ gunicorn hooks (:mod:`wagi.gunicorn_conf`) do the rest, in the master:
 - ``on_exit``: stop that process and remove the directory.
 
 A worker's :class:`Metrics` counts its requests (reported by
-:class:`wagi.observe.Observer` when a request is over) and its compiled-module
+:class:`wagi.observability.observe.Observer` when a request is over) and its compiled-module
 cache lookups. Nothing of this reaches the module routes: ``/metrics`` on the
 application's port is just another path.
 
@@ -45,8 +45,8 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING
 
+from wagi.config.settings import bind_address
 from wagi.engines.base import Ending
-from wagi.settings import bind_address
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Histogram
@@ -143,7 +143,7 @@ class Metrics:
         ending: Ending | None,
         run_seconds: float | None,
     ) -> None:
-        """Count one finished request (from :class:`wagi.observe.Observer`)."""
+        """Count one finished request (from :class:`wagi.observability.observe.Observer`)."""
         children = self._routes.get(route)
         if children is None:
             children = self._routes[route] = _RouteMetrics(self, route or "")
@@ -197,7 +197,7 @@ class MetricsServer:
         # prometheus_client after this.
         os.environ[MULTIPROC_ENV] = self.directory
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "wagi.metrics", bind],
+            [sys.executable, "-m", "wagi.observability.metrics", bind],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,

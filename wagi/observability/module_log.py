@@ -3,13 +3,13 @@
 Every line is tagged with the route, so a shared log still says which module
 wrote it. With ``json`` (``--log-format json``) each line is a JSON object whose
 ``message`` is the module's line, with the request's fields
-(:mod:`wagi.logformat`), in the files too.
+(:mod:`wagi.observability.logformat`), in the files too.
 
 Logging never fails a request: a log dir removed while serving (a cleanup, a
 rotation) is made again; one that cannot be written (disk full, replaced by a
 file) sends the lines to the error log instead, with one warning when that
 starts and one note when the files work again. A worker confined by the kernel
-wall (:mod:`wagi.wall`) reaches only the log dir it started with: one removed
+wall (:mod:`wagi.execution.wall`) reaches only the log dir it started with: one removed
 and made again is a new directory outside its wall, so the lines go to the error
 log until the workers are replaced (a reload, ``SIGHUP``), and the warning says so.
 """
@@ -35,7 +35,7 @@ class ModuleLog:
             log_dir.mkdir(parents=True, exist_ok=True)
         self.formatter: logging.Formatter | None = None
         if json:
-            from wagi.logformat import JsonFormatter
+            from wagi.observability.logformat import JsonFormatter
 
             self.formatter = JsonFormatter()
 

@@ -8,10 +8,10 @@ from here, and nothing else of the gateway:
   (``--trusted-proxy-hops`` > 0: a header from a client is never believed),
   else generated; it reaches the module as ``X_REQUEST_ID`` and, from a server,
   the client as an ``X-Request-Id`` response header;
-- structured logs (:mod:`wagi.logformat`): every log record made while a request
+- structured logs (:mod:`wagi.observability.logformat`): every log record made while a request
   is served carries its fields (:meth:`Observation.log_fields`), and gunicorn's
   access line those of the request it reports (``environ["wagi.observation"]``);
-- metrics (:mod:`wagi.metrics`): one call when the request is over.
+- metrics (:mod:`wagi.observability.metrics`): one call when the request is over.
 
 A request is over when the server closes its response body (after the last
 byte, or when the client went away), so a streamed response counts its whole
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from _typeshed import OptExcInfo
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-    from wagi.metrics import Metrics
+    from wagi.observability.metrics import Metrics
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -453,7 +453,7 @@ class OutboundClient:
 
     def __init__(self) -> None:
         # One TLS context, its trust store read now: a runner thread behind the kernel wall
-        # (wagi.wall) could not read it per connection, as urllib3 otherwise does.
+        # (wagi.execution.wall) could not read it per connection, as urllib3 otherwise does.
         tls = create_urllib3_context()
         tls.load_default_certs()
         self.pool = urllib3.PoolManager(

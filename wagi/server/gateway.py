@@ -1,8 +1,8 @@
 """The WSGI application: a request in, a module run, a response out.
 
 :meth:`Gateway.create` does what can be done once per worker: choose and
-create the engine, build the routing table (:mod:`wagi.handlers`), plan the
-kernel wall (:mod:`wagi.wall`) and, in a serving worker whose engine shares
+create the engine, build the routing table (:mod:`wagi.execution.handlers`), plan the
+kernel wall (:mod:`wagi.execution.wall`) and, in a serving worker whose engine shares
 its I/O threads (wasmtime), raise it around the whole worker. Serving a
 request only looks things up::
 
@@ -11,17 +11,17 @@ request only looks things up::
 Where a module runs:
 
 - **on the serving thread** (wasmtime in a confined worker, or without a wall):
-  the module's stdout goes to a :class:`~wagi.streaming.ClientStream`, which
+  the module's stdout goes to a :class:`~wagi.server.streaming.ClientStream`, which
   answers small, quick responses whole (with a Content-Length) and streams the
   others through WSGI ``write`` as the module writes them;
 - **on a route's own confined thread** (wasmer, routes with volumes:
-  :mod:`wagi.confined`), or on a confined runner thread when this process must
+  :mod:`wagi.execution.sites`), or on a confined runner thread when this process must
   stay unconfined (``wagi run``): the output is answered when the run ends.
 
-An engine that cannot be *interrupted* gets a :class:`~wagi.watchdog.Watchdog`
+An engine that cannot be *interrupted* gets a :class:`~wagi.server.watchdog.Watchdog`
 that answers 504 when a module overruns its timeout.
 
-Each request is reported to the worker's :class:`~wagi.observe.Observer` (request
+Each request is reported to the worker's :class:`~wagi.observability.observe.Observer` (request
 id, route, how the module ended, when it is over); logs and metrics read it there.
 """
 
@@ -40,11 +40,10 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Request, Response
 
-from wagi import landlock, scratch, wall
-from wagi.cgi_request import cgi_variables, raw_path_and_query
-from wagi.cgi_response import BadCgiResponse, parse_cgi_response
+from wagi.cgi.request import cgi_variables, raw_path_and_query
+from wagi.cgi.response import BadCgiResponse, parse_cgi_response
 from wagi.config import Config
-from wagi.confined import RunSites
+from wagi.config.settings import ServerSettings
 from wagi.engines import create_engine
 from wagi.engines.base import (
     Ending,
@@ -55,17 +54,18 @@ from wagi.engines.base import (
     LoadedModule,
     RunResult,
 )
-from wagi.handlers import Handler, StartupError, build_routing_table
-from wagi.loader import ModuleLoader
-from wagi.module_log import ModuleLog
-from wagi.observe import Observation, Observer
-from wagi.observe import current as current_observation
-from wagi.policy import EngineChoice, choose_engine
+from wagi.execution import landlock, scratch, wall
+from wagi.execution.engine_choice import EngineChoice, choose_engine
+from wagi.execution.handlers import Handler, StartupError, build_routing_table
+from wagi.execution.loader import ModuleLoader
+from wagi.execution.sites import RunSites
+from wagi.observability.module_log import ModuleLog
+from wagi.observability.observe import Observation, Observer
+from wagi.observability.observe import current as current_observation
 from wagi.routing import RoutingTable, request_host
-from wagi.settings import ServerSettings
-from wagi.streaming import ClientStream, status_line
-from wagi.watchdog import Watchdog, WatchdogGone
-from wagi.worker_health import Unfit, WorkerHealth
+from wagi.server.health import Unfit, WorkerHealth
+from wagi.server.streaming import ClientStream, status_line
+from wagi.server.watchdog import Watchdog, WatchdogGone
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -194,7 +194,7 @@ def read_body(request: Request, limit: int) -> Body:
         _refuse_a_longer_chunked_body(request, len(head), limit)
         return Body(head)
     # Unlinked, gone when closed; it outlives this function: the run reads it, then closes it.
-    # In the worker's folder, which the kernel wall (wagi.wall) lets runner threads read.
+    # In the worker's folder, which the kernel wall (wagi.execution.wall) lets runner threads read.
     spool = tempfile.TemporaryFile(prefix="wagi-body-", dir=scratch.worker_folder())  # noqa: SIM115
     try:
         spool.write(head)
@@ -248,7 +248,7 @@ class Gateway:
         self.watchdog = watchdog
         self.health = health or WorkerHealth(replace=False)
         self.sites = sites
-        """Where module runs happen, behind the kernel wall (wagi.confined, wagi.wall)."""
+        """Where module runs happen, behind the kernel wall (wagi.execution.sites)."""
         self.streams = engine.capabilities.streaming
         self._checks: dict[int, Callable[[LoadedModule], None]] = {}
         self.wsgi_app: Any = self.app
@@ -284,7 +284,9 @@ class Gateway:
             )
         metrics = None
         if serving and settings.metrics_bind:
-            from wagi.metrics import Metrics  # prometheus_client only where metrics are on
+            from wagi.observability.metrics import (
+                Metrics,  # prometheus_client only where metrics are on
+            )
 
             metrics = Metrics()
         watchdog = None
@@ -320,7 +322,7 @@ class Gateway:
             metrics=metrics,
         )
         module_log = ModuleLog(settings.log_dir, json=settings.log_format == "json")
-        # A worker that can no longer run modules is replaced (wagi.worker_health).
+        # A worker that can no longer run modules is replaced (wagi.server.health).
         health = WorkerHealth(replace=serving)
         health.watch(lambda: broken_engine(engine.broken))
         if watchdog is not None:
@@ -477,7 +479,7 @@ class Gateway:
         """Run ``module`` where its route's runs happen, under the watchdog if the engine
         needs one, and wait for the result.
 
-        Raises :class:`~wagi.worker_health.Unfit` when this worker turns out unable to run
+        Raises :class:`~wagi.server.health.Unfit` when this worker turns out unable to run
         modules (the worker is then being replaced).
         """
         watchdog = self.watchdog
@@ -559,7 +561,7 @@ class Gateway:
 
 class _RunHere:
     """A run on the serving thread, as a WSGI application: the module's stdout goes to the
-    client through a :class:`~wagi.streaming.ClientStream` while it runs."""
+    client through a :class:`~wagi.server.streaming.ClientStream` while it runs."""
 
     __slots__ = ("argv", "body", "cgi_env", "gateway", "handler", "module", "route")
 

@@ -1,4 +1,5 @@
-"""gunicorn settings for wagi (``gunicorn.conf.py`` at the top of the repository loads these).
+"""gunicorn settings and hooks for wagi, loaded as :mod:`wagi.gunicorn_conf` (``wagi serve``,
+and ``gunicorn.conf.py`` at the top of the repository).
 
 Modules are CPU-bound and a sync worker runs one at a time, so the pool is
 sized to the cores; gunicorn's own timeout is a backstop well above wagi's
@@ -14,9 +15,9 @@ digests the check resolved OCI tags to reach the workers spawned next through
 that were checked, and a refused reload leaves them as they were.
 
 With ``--log-format json`` (``WAGI_LOG_FORMAT=json``) gunicorn's own lines are
-JSON too (:class:`wagi.logformat.GunicornLogger`). With ``--metrics-bind``
+JSON too (:class:`wagi.observability.logformat.GunicornLogger`). With ``--metrics-bind``
 the master also keeps the metrics directory and the process serving
-``/metrics`` (:mod:`wagi.metrics`): ``on_starting`` starts them, ``pre_fork``
+``/metrics`` (:mod:`wagi.observability.metrics`): ``on_starting`` starts them, ``pre_fork``
 and ``child_exit`` count workers, ``on_exit`` stops them.
 """
 
@@ -31,7 +32,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from wagi.metrics import MetricsServer
+    from wagi.observability.metrics import MetricsServer
+
+__all__ = [  # what gunicorn reads: its settings, then its hooks (wagi.gunicorn_conf re-exports)
+    "accesslog",
+    "bind",
+    "child_exit",
+    "control_socket_disable",
+    "errorlog",
+    "forwarded_allow_ips",
+    "graceful_timeout",
+    "keepalive",
+    "logger_class",
+    "loglevel",
+    "on_exit",
+    "on_reload",
+    "on_starting",
+    "post_worker_init",
+    "pre_fork",
+    "secure_scheme_headers",
+    "ssl_context",
+    "timeout",
+    "worker_class",
+    "workers",
+]
 
 bind = os.environ.get("WAGI_BIND", "127.0.0.1:3000")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
@@ -46,7 +70,7 @@ accesslog = "-"
 errorlog = "-"
 loglevel = "info"
 # gunicorn's own logger, which writes JSON lines with --log-format json.
-logger_class = "wagi.logformat.GunicornLogger"
+logger_class = "wagi.observability.logformat.GunicornLogger"
 # gunicorn 24+ opens a control socket in $HOME by default; several wagi servers on one
 # machine would fight over it.
 control_socket_disable = True
@@ -61,11 +85,11 @@ def on_starting(server: Any) -> None:
     if problem:
         server.log.error("wagi cannot start: %s", problem)
         sys.exit(1)
-    from wagi import settings as wagi_settings
+    from wagi.config import settings as wagi_settings
 
     bind = wagi_settings.load().metrics_bind
     if bind:
-        from wagi.metrics import MetricsServer, MetricsUnavailable
+        from wagi.observability.metrics import MetricsServer, MetricsUnavailable
 
         global _metrics_server
         try:
@@ -131,12 +155,12 @@ def check_configuration(server: Any) -> str | None:
     """Check, pull and precompile in a fresh helper process (``wagi check``); the problem, if any.
 
     The helper also checks gunicorn's worker class and threads against the engine
-    (:func:`wagi.policy.worker_problem`), and warns about gunicorn's own TLS with an
-    engine whose timeouts need the watchdog: the master imports no engine package. When the
+    (:func:`wagi.execution.engine_choice.worker_problem`), and warns about gunicorn's own TLS
+    with an engine whose timeouts need the watchdog: the master imports no engine package. When the
     configuration checks, the OCI pins it resolved become the master's ``WAGI_OCI_PINS``,
     which the workers spawned from now on inherit.
     """
-    from wagi.sources import PINS_ENV
+    from wagi.config.sources import PINS_ENV
 
     cfg = server.cfg
     with tempfile.TemporaryDirectory(prefix="wagi-check-") as tmp:
@@ -167,8 +191,8 @@ def check_configuration(server: Any) -> str | None:
 
 def timeout_problem(worker_timeout: float) -> str | None:
     """gunicorn must not kill a worker for silence before wagi answers 504 for its module."""
-    from wagi import settings as wagi_settings
     from wagi.config import load_config
+    from wagi.config import settings as wagi_settings
 
     server_settings = wagi_settings.load()
     config = load_config(server_settings.config)
@@ -187,7 +211,7 @@ def post_worker_init(worker: Any) -> None:
     then on, a helper process that dies (the watchdog) takes the worker out at once.
 
     Where the engine runs modules behind one wall for the whole worker, building the
-    gateway ends by confining the worker (:mod:`wagi.wall`): what it still needs from the
+    gateway ends by confining the worker (:mod:`wagi.execution.wall`): what it still needs from the
     file system afterwards is opened first. TLS: the certificate and key are read once,
     here (:func:`ssl_context`), never again, and the wall never grants them. Reopening log
     files (SIGUSR1) needs a new worker: see :func:`_replace_on_usr1`.
@@ -203,7 +227,7 @@ def post_worker_init(worker: Any) -> None:
 
         sock.ssl_context(cfg)  # read the certificate and key now, before the wall
     gateway = start(secrets)
-    from wagi.worker_health import notice_dead_children
+    from wagi.server.health import notice_dead_children
 
     notice_dead_children(worker, gateway.health)
     if gateway.sites.confined_here is not None:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from wagi.cgi_response import BadCgiResponse, parse_head, split_head
+from wagi.cgi.response import BadCgiResponse, parse_head, split_head
 from wagi.engines.base import OutputGone, OutputTimedOut, StdoutSink
 
 STREAM_AFTER = 0.005

@@ -17,7 +17,7 @@ the connection end with no response (behind nginx, nginx answers 502).
 
 If the watchdog itself dies (an OOM kill), :meth:`Watchdog.problem` says so and
 :meth:`Watchdog.arm` raises :class:`WatchdogGone`: the worker can no longer
-bound a module's time and must be replaced (:mod:`wagi.worker_health`).
+bound a module's time and must be replaced (:mod:`wagi.server.health`).
 
 The worker never answers or logs that request, so the watchdog does: its log
 line (a JSON object with ``--log-format json``) and, with ``--metrics-bind``,
@@ -67,7 +67,7 @@ class Watchdog:
             [
                 sys.executable,
                 "-m",
-                "wagi.watchdog",
+                "wagi.server.watchdog",
                 str(theirs.fileno()),
                 str(os.getpid()),
                 engine,
@@ -176,7 +176,7 @@ def _report(
     if os.environ.get("WAGI_LOG_FORMAT") == "json":
         import logging
 
-        from wagi.logformat import JsonFormatter
+        from wagi.observability.logformat import JsonFormatter
 
         fields = {
             "request_id": None if request_id == "-" else request_id,
@@ -193,7 +193,7 @@ def _report(
     print(message, file=sys.stderr, flush=True)
     if os.environ.get("WAGI_METRICS_BIND") and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from wagi.engines.base import Ending
-        from wagi.metrics import Metrics
+        from wagi.observability.metrics import Metrics
 
         Metrics().request_ended(route, 504, seconds, Ending.TIMED_OUT, seconds)
 

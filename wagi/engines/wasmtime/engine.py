@@ -60,17 +60,7 @@ from typing import Any
 
 import wasmtime
 
-from wagi.outbound_http import (
-    DENY_ALL,
-    IMPORT_MODULE,
-    SIGNATURES,
-    GuestMemoryError,
-    HttpError,
-    OutboundSession,
-)
-
-from . import wasmtime_capi as capi
-from .base import (
+from wagi.engines.base import (
     STDERR_LIMIT,
     Capabilities,
     Ending,
@@ -84,7 +74,16 @@ from .base import (
     RunResult,
     read_module,
 )
-from .cache import ArtifactCache, content_hash
+from wagi.engines.cache import ArtifactCache, content_hash
+from wagi.engines.wasmtime import capi
+from wagi.outbound.abi import (
+    DENY_ALL,
+    IMPORT_MODULE,
+    SIGNATURES,
+    GuestMemoryError,
+    HttpError,
+    OutboundSession,
+)
 
 __all__ = ["WasmtimeEngine", "WasmtimeModule"]
 
@@ -514,7 +513,7 @@ def _creating(name: bytes) -> Any:
 
 
 class _RawMemory:
-    """The calling instance's ``memory``, for :mod:`wagi.outbound_http` (one call)."""
+    """The calling instance's ``memory``, for :mod:`wagi.outbound.abi` (one call)."""
 
     __slots__ = ("_caller", "_run")
 
