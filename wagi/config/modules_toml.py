@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 from wagi.cgi.request import DEFAULT_ARGV, ArgvTemplate
 from wagi.config.settings import ENV_NAME, parse_byte_size, parse_seconds
-from wagi.outbound.abi import Origin, parse_allowed_hosts, parse_max_concurrency
+from wagi.outbound.policy import Origin, parse_allowed_hosts, parse_max_concurrency
 from wagi.routing import validate_host, validate_route
 
 if sys.version_info >= (3, 11):

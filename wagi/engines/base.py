@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from wagi.outbound.abi import OutboundPolicy
+    from wagi.outbound.policy import OutboundPolicy
 
 STDERR_LIMIT = 1 << 20
 """Bytes of a run's stderr kept for the log, on every engine: a hostile module must not

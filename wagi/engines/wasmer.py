@@ -78,13 +78,13 @@ from typing import Any
 import wasmtime
 
 from wagi.outbound.abi import (
-    DENY_ALL,
     IMPORT_MODULE,
     SIGNATURES,
     GuestMemoryError,
     HttpError,
     OutboundSession,
 )
+from wagi.outbound.policy import DENY_ALL
 
 from .base import (
     STDERR_LIMIT,

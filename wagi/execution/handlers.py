@@ -30,7 +30,7 @@ from wagi.engines.base import (
 from wagi.execution import scratch
 from wagi.execution.landlock import WallError
 from wagi.execution.loader import ModuleLoader
-from wagi.outbound.abi import OutboundPolicy
+from wagi.outbound.policy import OutboundPolicy
 from wagi.routing import Route, RoutingTable, join_subroute
 
 logger = logging.getLogger("wagi")

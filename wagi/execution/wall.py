@@ -129,7 +129,7 @@ def _import_what_runs_need(outbound_http: bool) -> None:
     import encodings.idna  # noqa: F401  (socket encodes host names with it)
 
     if outbound_http:
-        from wagi.outbound.abi import worker_client
+        from wagi.outbound.client import worker_client
 
         worker_client()  # its TLS context reads the trust store now
 

@@ -1,4 +1,4 @@
-"""Outbound HTTP for modules: the host side of WAGI 0.8's ``wasi_experimental_http`` ABI.
+"""The ``wasi_experimental_http`` ABI: the five host functions a module calls, one run's state.
 
 A module built for WAGI 0.8 (with the ``wasi-experimental-http`` Rust crate, or any
 guest declaring the same imports) calls five functions in the import module
@@ -16,57 +16,20 @@ Request headers travel the same way, ``name:value`` lines.
 
 Everything here is engine-independent. An engine binds the five functions
 (:data:`SIGNATURES`) and forwards each call to the run's :class:`OutboundSession`
-with a :class:`GuestMemory`, a two-method view of the guest's memory.
-
-The policy, decided once at start-up from ``modules.toml`` (:class:`OutboundPolicy`):
-
-- **Deny by default.** ``allowed_hosts`` lists origins, ``scheme://host[:port]``; a
-  URL is allowed when its scheme, host and port (the scheme's default when absent)
-  equal one entry's. WAGI 0.8 compared the host name only; comparing the whole
-  origin means ``https://api.example.com`` does not open ``http://api.example.com:6379``.
-  Anything else gets :attr:`HttpError.DESTINATION_NOT_ALLOWED`.
-- **Redirects** are followed (WAGI 0.8 followed them, anywhere), at most
-  :data:`MAX_REDIRECTS` hops, and only to allowed origins: a redirect elsewhere ends
-  the request with ``DESTINATION_NOT_ALLOWED``. Credentials and cookies are dropped
-  when a redirect changes origin.
-- **SSRF guard.** wagi resolves the host name itself, refuses the addresses that
-  are loopback, link-local, unspecified, multicast or a cloud metadata service
-  (:func:`is_special_address`) unless the allow-list entry is that IP address itself
-  (``http://127.0.0.1:8080``; ``http://localhost:8080`` is not enough), and connects
-  to the address it checked, so a DNS answer that changes between check and use
-  cannot move the connection.
-- **Bounded.** Each request (connect, send, headers, every body read) ends at the
-  run's deadline: a per-process reaper thread shuts the socket down when the deadline
-  passes, so even a server that drips one byte at a time cannot hold the module past
-  it. Response headers are capped at ``max_header_bytes`` and bodies at
-  ``max_body_bytes`` (over: :attr:`HttpError.REQUEST_ERROR`); a run holds at most
-  ``http_max_concurrency`` (and never more than :data:`MAX_HANDLES`) responses open
-  at once (over: :attr:`HttpError.TOO_MANY_SESSIONS`), each holding one connection.
-  Everything a run opened is closed when it ends.
-
-The client is urllib3 (a dependency of pip and requests, so already on every
-machine that installs wagi): one :class:`urllib3.PoolManager` per worker process,
-reused across requests (keep-alive), that can be pointed at a checked IP address
-while it still verifies TLS against the host name (``server_hostname``,
-``assert_hostname``), reads bodies raw and incrementally (``read1``, no
-decompression, so the size cap counts the bytes on the wire), never reads proxy
-settings from the environment, and leaves redirects to this module.
+with a :class:`GuestMemory`, a two-method view of the guest's memory. The session
+applies the route's :class:`~wagi.outbound.policy.OutboundPolicy` and sends through
+the worker's :class:`~wagi.outbound.client.OutboundClient`; the rules are in
+:mod:`wagi.outbound`.
 """
 
 from __future__ import annotations
 
 import base64
-import concurrent.futures
-import contextlib
 import enum
-import heapq
-import ipaddress
 import itertools
-import os
 import re
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,9 +37,16 @@ from typing import Any, ClassVar, Protocol
 from urllib.parse import SplitResult, quote, urljoin, urlsplit
 
 import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.util.ssl_ import create_urllib3_context
+
+from wagi.outbound import client as _client
+from wagi.outbound.client import OutboundClient, worker_client
+from wagi.outbound.policy import (
+    DEFAULT_PORTS,
+    U32,
+    Origin,
+    OutboundPolicy,
+    host_and_port,
+)
 
 IMPORT_MODULE = "wasi_experimental_http"
 """The import module name guests use (WAGI 0.8)."""
@@ -90,20 +60,12 @@ SIGNATURES: dict[str, int] = {
 }
 """Each function's number of i32 parameters; every one returns one i32."""
 
-MAX_HANDLES = 64
-"""Responses one run may hold open at once, whatever ``http_max_concurrency`` says:
-each holds a connection (a file descriptor of the worker)."""
-
 MAX_REDIRECTS = 5
-DEFAULT_MAX_HEADER_BYTES = 64 * 1024
-"""The Rust guest crate reads the header map into 64 KiB; so does the default cap."""
-DEFAULT_MAX_BODY_BYTES = 16 * 1024**2
 FALLBACK_TIMEOUT = 60.0
 """Seconds an outbound request may take in a run that has no deadline."""
 
 _MAX_NOTES = 20
 _READ_CHUNK = 64 * 1024
-_U32 = 0xFFFFFFFF
 _NOT_ASCII = re.compile(r"[^\x21-\x7e]+")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -122,18 +84,6 @@ _HOP_BY_HOP = frozenset(
 )
 """Request headers wagi sets itself; a module's own values are ignored."""
 _CROSS_ORIGIN_DROPPED = frozenset({"authorization", "cookie", "proxy-authorization"})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(a)
-    for a in (
-        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean, ...
-        "169.254.170.2",  # AWS ECS task metadata
-        "fd00:ec2::254",  # AWS over IPv6
-        "100.100.100.200",  # Alibaba Cloud
-        "168.63.129.16",  # Azure wire server
-    )
-)
 
 
 class HttpError(enum.IntEnum):
@@ -173,339 +123,6 @@ class GuestMemory(Protocol):
     def read(self, ptr: int, length: int) -> bytes: ...
 
     def write(self, ptr: int, data: bytes) -> None: ...
-
-
-# -- the policy, from modules.toml ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class Origin:
-    """One ``allowed_hosts`` entry: ``scheme://host[:port]``.
-
-    >>> Origin.parse("https://API.example.com")
-    Origin(scheme='https', host='api.example.com', port=443)
-    >>> Origin.parse("http://127.0.0.1:8080").port
-    8080
-    """
-
-    scheme: str
-    host: str
-    """Lower case; an IPv6 literal without brackets; IDNA (punycode) for non-ASCII names."""
-    port: int
-
-    @classmethod
-    def parse(cls, text: object) -> Origin:
-        """Parse one entry; ValueError with a message fit for the user."""
-        if not isinstance(text, str):
-            raise ValueError(f"expected an origin such as 'https://api.example.com', got {text!r}")
-        parts = urlsplit(text.strip())
-        if parts.scheme not in _DEFAULT_PORTS or not parts.netloc:
-            raise ValueError(
-                f"{text!r} is not an origin: expected http:// or https://, a host and an "
-                "optional port, such as 'https://api.example.com' or 'http://127.0.0.1:8080'"
-            )
-        if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
-            raise ValueError(
-                f"{text!r}: an allowed host is an origin (scheme, host, optional port); "
-                "paths, queries and user names cannot be restricted here"
-            )
-        try:
-            host, port = _host_and_port(parts)
-        except ValueError as exc:
-            raise ValueError(f"{text!r}: {exc}") from None
-        return cls(parts.scheme, host, port)
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = _DEFAULT_PORTS[self.scheme] == self.port
-        return f"{self.scheme}://{host}" + ("" if default else f":{self.port}")
-
-    @property
-    def names_address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-        """The IP address this entry names literally, if it does."""
-        try:
-            return ipaddress.ip_address(self.host)
-        except ValueError:
-            return None
-
-    def admits(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        """Whether a connection to ``address`` may serve this origin (the SSRF guard)."""
-        if not is_special_address(address):
-            return True
-        named = self.names_address
-        return named is not None and _unmapped(named) == _unmapped(address)
-
-
-def _host_and_port(parts: SplitResult) -> tuple[str, int]:
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError("invalid port") from None
-    host = parts.hostname or ""
-    if not host:
-        raise ValueError("no host")
-    if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise ValueError("invalid host name") from None
-    if port == 0:
-        raise ValueError("invalid port 0")
-    return host.rstrip(".") or host, port or _DEFAULT_PORTS[parts.scheme]
-
-
-def _unmapped(
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
-) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """The IPv4 address inside an IPv4-mapped, -compatible or NAT64 IPv6 address."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return address.ipv4_mapped
-        if address in _NAT64:
-            return ipaddress.IPv4Address(int(address) & _U32)
-    return address
-
-
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-def is_special_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Loopback, link-local, unspecified, multicast, broadcast or cloud metadata.
-
-    Private networks (10/8, 192.168/16, fc00::/7, ...) are not special: an internal
-    API on one is a legitimate destination once its origin is allowed.
-
-    >>> is_special_address(ipaddress.ip_address("169.254.169.254"))
-    True
-    >>> is_special_address(ipaddress.ip_address("::ffff:127.0.0.1"))
-    True
-    >>> is_special_address(ipaddress.ip_address("10.1.2.3"))
-    False
-    """
-    address = _unmapped(address)
-    return (
-        address.is_loopback
-        or address.is_link_local
-        or address.is_unspecified
-        or address.is_multicast
-        or address in METADATA_ADDRESSES
-        or (isinstance(address, ipaddress.IPv4Address) and address in _ZERO_NET)
-        or address == ipaddress.IPv4Address("255.255.255.255")
-        or (isinstance(address, ipaddress.IPv6Address) and address.is_site_local)
-    )
-
-
-_ZERO_NET = ipaddress.ip_network("0.0.0.0/8")
-
-
-def parse_allowed_hosts(value: object) -> tuple[Origin, ...]:
-    """``allowed_hosts`` from modules.toml: a list of origins (empty: deny all)."""
-    if not isinstance(value, list):
-        raise ValueError(
-            f'expected a list of origins such as ["https://api.example.com"], got {value!r}'
-        )
-    origins = tuple(Origin.parse(item) for item in value)
-    return tuple(dict.fromkeys(origins))
-
-
-def parse_max_concurrency(value: object) -> int:
-    """``http_max_concurrency``: a positive integer, at most :data:`MAX_HANDLES`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"expected a positive integer, got {value!r}")
-    if value > MAX_HANDLES:
-        raise ValueError(
-            f"{value} is above wagi's limit of {MAX_HANDLES} responses open at once per run"
-        )
-    return value
-
-
-@dataclass(frozen=True)
-class OutboundPolicy:
-    """What one route's module may do over HTTP; built once at start-up."""
-
-    allowed: tuple[Origin, ...] = ()
-    """Origins the module may reach; empty denies everything."""
-    max_concurrency: int | None = None
-    """``http_max_concurrency``: responses open at once (``None``: :data:`MAX_HANDLES`)."""
-    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-
-    @property
-    def max_open(self) -> int:
-        return min(self.max_concurrency or MAX_HANDLES, MAX_HANDLES)
-
-    def origin_for(self, scheme: str, host: str, port: int) -> Origin | None:
-        for origin in self.allowed:
-            if origin.scheme == scheme and origin.host == host and origin.port == port:
-                return origin
-        return None
-
-
-DENY_ALL = OutboundPolicy()
-
-
-# -- the client: one per worker process -----------------------------------------
-
-
-class _Reaper:
-    """Shuts sockets down when their run's deadline passes (one thread per process).
-
-    A socket timeout bounds each system call, not a whole request: a server that
-    sends a byte just before each timeout would hold a module for ever. Shutting
-    the socket down ends whatever call is blocked on it at once.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int]] = []
-        self._watched: dict[int, tuple[float, list[socket.socket]]] = {}
-        self._thread: threading.Thread | None = None
-
-    def watch(self, key: int, deadline: float, sock: socket.socket) -> None:
-        with self._cond:
-            entry = self._watched.get(key)
-            if entry is None:
-                entry = self._watched[key] = (deadline, [])
-                heapq.heappush(self._heap, (deadline, key))
-                self._cond.notify()
-            if not any(s is sock for s in entry[1]):
-                entry[1].append(sock)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="wagi-outbound-reaper", daemon=True
-                )
-                self._thread.start()
-
-    def forget(self, key: int) -> None:
-        with self._cond:
-            self._watched.pop(key, None)
-
-    def _loop(self) -> None:
-        with self._cond:
-            while True:
-                while self._heap and self._heap[0][1] not in self._watched:
-                    heapq.heappop(self._heap)
-                if not self._heap:
-                    self._cond.wait()
-                    continue
-                deadline, key = self._heap[0]
-                wait = deadline - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-                _, socks = self._watched.pop(key, (0.0, []))
-                for sock in socks:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
-
-
-_current = threading.local()
-"""The session whose request this thread is making (read by the connection classes)."""
-
-
-def _watch_current(sock: socket.socket | None) -> None:
-    session: OutboundSession | None = getattr(_current, "session", None)
-    if session is not None and sock is not None:
-        session._watch(sock)
-
-
-class _WatchedHTTPConnection(HTTPConnection):
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        _watch_current(sock)  # before TLS: a stalled handshake is cut short too
-        return sock
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _watch_current(self.sock)  # a kept-alive connection from an earlier run
-        super().request(*args, **kwargs)
-
-
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        _watch_current(sock)
-        return sock
-
-    def connect(self) -> None:
-        super().connect()
-        _watch_current(self.sock)  # the TLS socket that replaced the plain one
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _watch_current(self.sock)
-        super().request(*args, **kwargs)
-
-
-class _WatchedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
-
-
-class _WatchedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
-
-
-class OutboundClient:
-    """The worker's HTTP machinery: a connection pool, a resolver, a reaper.
-
-    Made lazily by :func:`worker_client` in the process that uses it (never in the
-    gunicorn master: threads and sockets do not survive a fork).
-    """
-
-    def __init__(self) -> None:
-        # One TLS context, its trust store read now: a runner thread behind the kernel wall
-        # (wagi.execution.wall) could not read it per connection, as urllib3 otherwise does.
-        tls = create_urllib3_context()
-        tls.load_default_certs()
-        self.pool = urllib3.PoolManager(
-            num_pools=32, maxsize=MAX_HANDLES, block=False, retries=False, ssl_context=tls
-        )
-        self.pool.pool_classes_by_scheme = {  # type: ignore[assignment]
-            "http": _WatchedHTTPPool,
-            "https": _WatchedHTTPSPool,
-        }
-        self.reaper = _Reaper()
-        # getaddrinfo cannot be interrupted; a thread lets a run stop waiting for it.
-        self._resolver = concurrent.futures.ThreadPoolExecutor(
-            max_workers=4, thread_name_prefix="wagi-resolve"
-        )
-
-    def resolve(
-        self, host: str, port: int, timeout: float
-    ) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-        """Every address of ``host``, in the resolver's order; OSError if none."""
-        try:
-            return [ipaddress.ip_address(host)]
-        except ValueError:
-            pass
-        future = self._resolver.submit(
-            socket.getaddrinfo, host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-        )
-        try:
-            infos = future.result(timeout=max(timeout, 0.0))
-        except concurrent.futures.TimeoutError:
-            raise TimeoutError(f"resolving {host} took too long") from None
-        addresses = []
-        for _family, _type, _proto, _name, sockaddr in infos:
-            address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-            if address not in addresses:
-                addresses.append(address)
-        if not addresses:
-            raise OSError(f"{host} has no address")
-        return addresses
-
-
-_client: tuple[int, OutboundClient] | None = None
-_client_lock = threading.Lock()
-
-
-def worker_client() -> OutboundClient:
-    """This process's :class:`OutboundClient` (a new one after a fork)."""
-    global _client
-    pid = os.getpid()
-    with _client_lock:
-        if _client is None or _client[0] != pid:
-            _client = (pid, OutboundClient())
-        return _client[1]
 
 
 # -- one run ----------------------------------------------------------------------
@@ -580,7 +197,7 @@ class OutboundSession:
         except KeyError:
             return int(HttpError.RUNTIME_ERROR)
         try:
-            function(self, memory, *(a & _U32 for a in args))
+            function(self, memory, *(a & U32 for a in args))
             return int(HttpError.SUCCESS)
         except _Failure as failure:
             if failure.note:
@@ -823,7 +440,7 @@ class OutboundSession:
             pool = client.pool.connection_from_host(
                 str(address), origin.port, origin.scheme, pool_kwargs=pool_kwargs
             )
-            _current.session = self
+            _client.current.session = self
             try:
                 raw = pool.urlopen(
                     method,
@@ -845,7 +462,7 @@ class OutboundSession:
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise self._deadline_or(f"{url}: {_reason(exc)}") from None
             finally:
-                _current.session = None
+                _client.current.session = None
             return self._accept(raw, url, method)
         raise _Failure(HttpError.REQUEST_ERROR, f"{url}: cannot connect: {last_error}")
 
@@ -916,9 +533,9 @@ def _parse_url(url: str) -> tuple[SplitResult, str, str, int]:
     try:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
-        if scheme not in _DEFAULT_PORTS or any(c.isspace() or ord(c) < 32 for c in url):
+        if scheme not in DEFAULT_PORTS or any(c.isspace() or ord(c) < 32 for c in url):
             raise ValueError(url)
-        host, port = _host_and_port(parts)
+        host, port = host_and_port(parts)
     except ValueError:
         raise _Failure(HttpError.INVALID_URL, f"invalid URL {url[:200]!r}") from None
     return parts._replace(fragment=""), scheme, host, port

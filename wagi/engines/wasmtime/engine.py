@@ -77,13 +77,13 @@ from wagi.engines.base import (
 from wagi.engines.cache import ArtifactCache, content_hash
 from wagi.engines.wasmtime import capi
 from wagi.outbound.abi import (
-    DENY_ALL,
     IMPORT_MODULE,
     SIGNATURES,
     GuestMemoryError,
     HttpError,
     OutboundSession,
 )
+from wagi.outbound.policy import DENY_ALL
 
 __all__ = ["WasmtimeEngine", "WasmtimeModule"]
 
