@@ -235,7 +235,7 @@ def stdout_pipe() -> Iterator[tuple[int, Callable[[], bytes]]]:
     reads everything written so far.
     """
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-    with contextlib.suppress(OSError):  # as wagi.server.gateway.Gateway.stream does
+    with contextlib.suppress(OSError):  # as the gateway's streaming path does
         import fcntl
 
         fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 1024 * 1024)
@@ -376,6 +376,7 @@ def make_gateway(name: str, cache: Path) -> Any:
     from wagi.config import load_config
     from wagi.config import settings as wagi_settings
     from wagi.server.gateway import Gateway
+    from wagi.server.worker import build_worker
 
     settings = wagi_settings.load(
         environ={
@@ -384,7 +385,7 @@ def make_gateway(name: str, cache: Path) -> Any:
             "WAGI_CACHE_DIR": str(cache),
         }
     )
-    return Gateway.create(settings, load_config(settings.config))
+    return Gateway(build_worker(settings, load_config(settings.config)))
 
 
 # --------------------------------------------------------------------------- profile

@@ -37,6 +37,7 @@ from wagi.execution.engine_choice import (
 from wagi.execution.handlers import StartupError
 from wagi.server.gateway import CgiHttpResponse, Gateway, ResponseCut
 from wagi.server.watchdog import tls_warning
+from wagi.server.worker import build_worker
 
 DESCRIPTION = "wagi: run WebAssembly (WASI) modules as CGI handlers behind gunicorn."
 
@@ -140,16 +141,16 @@ def check(args: argparse.Namespace) -> int:
     config, pins = pull_modules(config, server_settings)
     if args.pins_file is not None:
         args.pins_file.write_text(json.dumps(pins, indent=1, sort_keys=True) + "\n")
-    gateway = Gateway.create(server_settings, config, choice)
-    routes = gateway.table.routes()
+    worker = build_worker(server_settings, config, choice)
+    routes = worker.table.routes()
     print(
         f"wagi {__version__}: {config.path}: {len(routes)} routes; engine {choice.name} "
-        f"{gateway.engine.version} ({choice.reason}); {choice.describe_limits()}"
+        f"{worker.engine.version} ({choice.reason}); {choice.describe_limits()}"
     )
     if args.tls and not choice.capabilities.interruptible:
         print(f"  warning: {tls_warning(choice.name)}")
     # Always printed (it reaches the start-up log): where the kernel wall stands.
-    for line in gateway.sites.plan.describe(config):
+    for line in worker.sites.plan.describe(config):
         print(f"  {line}")
     for reference, digest in sorted(pins.items()):
         # Always printed: the start-up log says which bytes each tag stood for.
@@ -202,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         data = (args.data or "").encode()
     # Last: the module runs here, behind the wall that confines this process from now on
     # (what the command still reads, it has read).
-    gateway = Gateway.create(server_settings, config, choice, confine=True)
+    worker = build_worker(server_settings, config, choice, confine=True)
     path, _, query = args.path.partition("?")
     builder = EnvironBuilder(
         path=path,
@@ -218,11 +219,11 @@ def run(args: argparse.Namespace) -> int:
     if not choice.capabilities.interruptible:
         # Nothing in this process can stop such a module (not even Ctrl-C): past the
         # longest timeout, SIGALRM's default action ends the command (exit status 142).
-        longest = max(route.handler.limits.timeout or 0 for route in gateway.table.routes())
+        longest = max(route.handler.limits.timeout or 0 for route in worker.table.routes())
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.setitimer(signal.ITIMER_REAL, longest)
     # The server sends no Content-Type a module did not send; neither does this.
-    response = CgiHttpResponse.from_app(gateway, environ)
+    response = CgiHttpResponse.from_app(Gateway(worker), environ)
     signal.setitimer(signal.ITIMER_REAL, 0)
     out = sys.stdout.buffer
     out.write(f"HTTP/1.1 {response.status}\r\n".encode("latin-1"))

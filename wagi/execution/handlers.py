@@ -27,9 +27,9 @@ from wagi.engines.base import (
     RunResult,
     StdoutSink,
 )
-from wagi.execution import scratch
-from wagi.execution.landlock import WallError
 from wagi.execution.loader import ModuleLoader
+from wagi.execution.scratch import ScratchError
+from wagi.execution.sites import WorkerUnfit
 from wagi.outbound.policy import OutboundPolicy
 from wagi.routing import Route, RoutingTable, join_subroute
 
@@ -164,7 +164,7 @@ def build_routing_table(
     would make gunicorn stop the whole server. Its ``_routes`` sub-routes wait for a restart.
 
     ``run`` runs ``_routes`` where the route's requests will run (behind the same kernel
-    wall, :meth:`wagi.execution.sites.RunSites.run`).
+    wall, with the same scratch directory: :meth:`wagi.execution.sites.RunSites.run_module`).
     """
     try:
         global_env = global_environment(settings)
@@ -198,9 +198,8 @@ def build_routing_table(
             continue
         listing = dataclasses.replace(parent, entrypoint=ROUTES_EXPORT)
         try:
-            with scratch.provide(listing.invocation([entry.route], {}, b""), entry.tmp) as inv:
-                result = run(listing, module, inv)
-        except (EngineError, scratch.ScratchError, WallError) as exc:
+            result = run(listing, module, listing.invocation([entry.route], {}, b""))
+        except (EngineError, ScratchError, WorkerUnfit) as exc:
             raise StartupError(f"{where}: running _routes failed: {exc}") from None
         if not result.succeeded:
             raise StartupError(f"{where}: _routes {result.ending.value}: {result.detail}")

@@ -19,8 +19,12 @@ plans.
 Start-up runs (``_routes``) go through the same places as requests::
 
     sites = RunSites(engine, plan, cache_dir)
-    result = sites.run(handler, module, invocation)            # and wait for it
-    job = sites.pool_for(handler).submit(function, close_fd=w)  # a streaming run
+    result = sites.run_module(handler, module, invocation)  # and wait for it
+
+:meth:`RunSites.run_module` is the one way a module runs in a worker: it gives the run its
+scratch directory (:mod:`wagi.execution.scratch`) and turns what makes a worker unable to
+run modules (a thread the wall could not confine, a broken engine) into
+:class:`WorkerUnfit`, so the layer above knows neither Landlock nor scratch folders.
 """
 
 from __future__ import annotations
@@ -30,12 +34,20 @@ import logging
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from wagi.engines import engine_class
-from wagi.engines.base import Engine, EngineError, Invocation, Limits, LoadedModule, RunResult
+from wagi.engines.base import (
+    Engine,
+    EngineBroken,
+    EngineError,
+    Invocation,
+    Limits,
+    LoadedModule,
+    RunResult,
+)
 from wagi.engines.cache import ArtifactCache
-from wagi.execution import landlock
+from wagi.execution import landlock, scratch
 from wagi.execution.runners import RunnerPool
 from wagi.execution.wall import Wall, WallPlan
 
@@ -43,6 +55,16 @@ if TYPE_CHECKING:
     from wagi.execution.handlers import Handler
 
 logger = logging.getLogger("wagi")
+
+
+class WorkerUnfit(Exception):
+    """This worker can no longer run modules (a thread that runs them could not be
+    confined, or its engine broke); the message says why. The worker must be replaced."""
+
+
+def broken_engine(why: str) -> str:
+    """The problem of a worker whose engine says it is broken (``why``), or ``""``."""
+    return f"its engine is broken ({why})" if why else ""
 
 
 class _Route:
@@ -81,7 +103,7 @@ class _Route:
 
         self.pool = RunnerPool(f"wagi-confined {label}", on_start=set_up)
 
-    def run(self, invocation: Invocation) -> RunResult:
+    def run_here(self, invocation: Invocation) -> RunResult:
         """On the confined thread: run this thread's copy of the module."""
         engine: Engine = self._state.engine
         return engine.run(self._state.module, invocation)
@@ -103,7 +125,9 @@ class ConfinedRoutes:
         self.log_level = log_level
         self._routes: dict[int, _Route] = {}
 
-    def run(self, handler: Handler, module: LoadedModule, invocation: Invocation) -> RunResult:
+    def run_on_route_thread(
+        self, handler: Handler, module: LoadedModule, invocation: Invocation
+    ) -> RunResult:
         """Run ``handler``'s module on one of its confined threads and wait for the result.
 
         ``module`` is the serving thread's copy, used only to notice a replaced file.
@@ -126,7 +150,7 @@ class ConfinedRoutes:
                 # A new version replaces the route's threads only once a thread of its own is
                 # up: until then the working threads go on serving the last good version.
                 try:
-                    job = fresh.pool.submit(functools.partial(fresh.run, invocation))
+                    job = fresh.pool.submit(functools.partial(fresh.run_here, invocation))
                 except EngineError as exc:
                     route.refused = module
                     logger.error(
@@ -140,7 +164,7 @@ class ConfinedRoutes:
                     route.pool.close()
                     self._routes[key] = fresh
                     return job.result()
-        return route.pool.submit(functools.partial(route.run, invocation)).result()
+        return route.pool.submit(functools.partial(route.run_here, invocation)).result()
 
 
 class RunSites:
@@ -196,13 +220,32 @@ class RunSites:
             self.pools[handler.entry.index] = pool
         return pool
 
-    def run(self, handler: Handler, module: Any, invocation: Invocation) -> RunResult:
-        """Run ``module`` where ``handler``'s runs belong, and wait for the result.
+    def run_module(
+        self, handler: Handler, module: LoadedModule, invocation: Invocation
+    ) -> RunResult:
+        """Run ``module`` where ``handler``'s runs belong, with its scratch directory if the
+        route has one, and wait for the result.
 
-        Raises :class:`~wagi.execution.landlock.WallError` when a new thread cannot be confined.
+        Raises :class:`WorkerUnfit` when this worker turns out unable to run modules (a new
+        thread could not be confined, or the engine broke); :class:`~wagi.engines.base.
+        EngineError` or :class:`OSError` (say, a scratch directory) when this run cannot start.
         """
+        try:
+            if handler.scratch is None:
+                return self._run_where_it_belongs(handler, module, invocation)
+            with scratch.provide(invocation, handler.scratch) as provided:
+                return self._run_where_it_belongs(handler, module, provided)
+        except EngineBroken as exc:
+            raise WorkerUnfit(broken_engine(str(exc))) from None
+        except landlock.WallError as exc:
+            # No module runs unconfined: this worker is replaced.
+            raise WorkerUnfit(f"a thread that runs modules could not be confined ({exc})") from None
+
+    def _run_where_it_belongs(
+        self, handler: Handler, module: LoadedModule, invocation: Invocation
+    ) -> RunResult:
         if self.confined is not None and handler.entry.index in self.plan.routes:
-            return self.confined.run(handler, module, invocation)
+            return self.confined.run_on_route_thread(handler, module, invocation)
         if self.runs_here(handler):
             return self.engine.run(module, invocation)
         if self.engine.capabilities.streaming:

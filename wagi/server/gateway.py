@@ -1,28 +1,27 @@
 """The WSGI application: a request in, a module run, a response out.
 
-:meth:`Gateway.create` does what can be done once per worker: choose and
-create the engine, build the routing table (:mod:`wagi.execution.handlers`), plan the
-kernel wall (:mod:`wagi.execution.wall`) and, in a serving worker whose engine shares
-its I/O threads (wasmtime), raise it around the whole worker. Serving a
+A :class:`Gateway` serves with a worker that :func:`~wagi.server.worker.build_worker`
+assembled once (engine, compiled modules, routing table, run sites behind the kernel
+wall); it builds nothing and knows neither Landlock nor scratch folders. Serving a
 request only looks things up::
 
-    raw path -> routing table -> CGI request -> engine run -> CGI response -> WSGI response
+    raw path -> routing table -> CGI request -> run site -> CGI response -> WSGI response
 
-Where a module runs:
+Where a module runs (:class:`~wagi.execution.sites.RunSites`):
 
 - **on the serving thread** (wasmtime in a confined worker, or without a wall):
   the module's stdout goes to a :class:`~wagi.server.streaming.ClientStream`, which
   answers small, quick responses whole (with a Content-Length) and streams the
-  others through WSGI ``write`` as the module writes them;
-- **on a route's own confined thread** (wasmer, routes with volumes:
-  :mod:`wagi.execution.sites`), or on a confined runner thread when this process must
-  stay unconfined (``wagi run``): the output is answered when the run ends.
+  others through WSGI ``write`` as the module writes them (:class:`_StreamedRun`);
+- **on a route's own confined thread** (wasmer, routes with volumes), or on a confined
+  runner thread when this process must stay unconfined (``wagi run``): the output is
+  answered when the run ends (:meth:`Gateway._answer_when_done`).
 
 An engine that cannot be *interrupted* gets a :class:`~wagi.server.watchdog.Watchdog`
 that answers 504 when a module overruns its timeout.
 
-Each request is reported to the worker's :class:`~wagi.observability.observe.Observer` (request
-id, route, how the module ended, when it is over); logs and metrics read it there.
+Each request is reported to the worker's :class:`~wagi.observability.observe.Observer`
+(request id, route, how the module ended, when it is over); logs and metrics read it there.
 """
 
 from __future__ import annotations
@@ -30,11 +29,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -42,179 +39,45 @@ from werkzeug.wrappers import Request, Response
 
 from wagi.cgi.request import cgi_variables, raw_path_and_query
 from wagi.cgi.response import BadCgiResponse, parse_cgi_response
-from wagi.config import Config
-from wagi.config.settings import ServerSettings
-from wagi.engines import create_engine
-from wagi.engines.base import (
-    Ending,
-    Engine,
-    EngineBroken,
-    EngineError,
-    Invocation,
-    LoadedModule,
-    RunResult,
-)
-from wagi.execution import landlock, scratch, wall
-from wagi.execution.engine_choice import EngineChoice, choose_engine
-from wagi.execution.handlers import Handler, StartupError, build_routing_table
-from wagi.execution.loader import ModuleLoader
-from wagi.execution.sites import RunSites
-from wagi.observability.module_log import ModuleLog
-from wagi.observability.observe import Observation, Observer
+from wagi.engines.base import Ending, EngineError, Invocation, LoadedModule, RunResult
+from wagi.execution.handlers import Handler
+from wagi.execution.sites import WorkerUnfit
+from wagi.observability.observe import Observation
 from wagi.observability.observe import current as current_observation
-from wagi.routing import RoutingTable, request_host
-from wagi.server.health import Unfit, WorkerHealth
+from wagi.routing import request_host
+from wagi.server.answers import (
+    FAILED,
+    HEALTH_PATH,
+    NOT_CGI,
+    NOT_FOUND,
+    NOT_LOADED,
+    NOT_STARTED,
+    NUL_IN_PATH,
+    OK,
+    TIMED_OUT,
+    TOO_LARGE,
+    UNFIT,
+    UNREADABLE_BODY,
+    Answer,
+    error_response,
+)
+from wagi.server.body import EMPTY_BODY, Body, has_body, read_body
 from wagi.server.streaming import ClientStream, status_line
-from wagi.server.watchdog import Watchdog, WatchdogGone
+from wagi.server.watchdog import WatchdogGone
+from wagi.server.worker import Worker
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     WsgiResponse = WSGIApplication
-    """What :meth:`Gateway.respond` returns: a werkzeug Response or a streamed body."""
+    """What :meth:`Gateway.respond` returns: an :class:`Answer` or a run to serve."""
 
 logger = logging.getLogger("wagi")
-
-HEALTH_PATH = "/healthz"
-TIMEOUT_MESSAGE = "the module timed out"
-UNFIT_MESSAGE = "this worker can no longer run modules and is being replaced; try again"
 
 
 class CgiHttpResponse(Response):
     # A module that sends only ``Status: 204`` gets no invented Content-Type.
     default_mimetype = None
-
-
-class Answer:
-    """A complete response, made once and served many times: a WSGI application.
-
-    Cheaper than a werkzeug ``Response`` per request (the status line and header list
-    are ready), and what every error and every small module answer is.
-    """
-
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
-        self.status = status
-        self.headers = [*headers, ("Content-Length", str(len(body)))]
-        self.body = body
-
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
-        start_response(self.status, list(self.headers))
-        return [self.body]
-
-    def http_bytes(self) -> bytes:
-        """As HTTP/1.1 bytes on the wire, ending the connection (for the watchdog)."""
-        head = [f"HTTP/1.1 {self.status}", *(f"{k}: {v}" for k, v in self.headers)]
-        head.append("Connection: close")
-        return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + self.body
-
-
-def error_response(status: int, message: str = "") -> Answer:
-    """A short plain-text error: what went wrong, never the internals (those go to the log)."""
-    text = status_line(status) + (f": {message}" if message else "") + "\n"
-    return Answer(
-        status_line(status), [("Content-Type", "text/plain; charset=utf-8")], text.encode()
-    )
-
-
-def http_bytes(response: Answer) -> bytes:
-    """``response`` as HTTP/1.1 bytes on the wire, ending the connection (for the watchdog)."""
-    return response.http_bytes()
-
-
-OK = Answer("200 OK", [("Content-Type", "text/plain; charset=utf-8")], b"OK")
-NOT_FOUND = error_response(404)
-NUL_IN_PATH = error_response(400, "the path holds a NUL byte (%00)")
-UNREADABLE_BODY = error_response(400, "the request body could not be read")
-NOT_LOADED = error_response(500, "the module could not be loaded")
-NOT_STARTED = error_response(500, "the module could not be started")
-NOT_CGI = error_response(500, "the module's response was not valid CGI")
-TOO_LARGE = error_response(500, "the module's response was too large")
-FAILED = error_response(500, "the module failed")
-TIMED_OUT = error_response(504, TIMEOUT_MESSAGE)
-UNFIT = error_response(503, UNFIT_MESSAGE)
-
-
-def broken_engine(why: str) -> str:
-    return f"its engine is broken ({why})" if why else ""
-
-
-SPOOL_ABOVE = 1024 * 1024
-"""Request bodies larger than this (or chunked ones that grow past it) go to an unlinked
-temporary file that the module gets as its stdin file: never held whole in memory."""
-
-
-class Body:
-    """A request body: small ones as bytes, large ones spooled to an unlinked file."""
-
-    __slots__ = ("data", "length", "spool")
-
-    def __init__(self, data: bytes, spool: IO[bytes] | None = None, length: int = 0) -> None:
-        self.data = data
-        self.spool = spool
-        self.length = length if spool is not None else len(data)
-
-    @property
-    def path(self) -> str | None:
-        """A path the engine can open, for a spooled body."""
-        return f"/proc/self/fd/{self.spool.fileno()}" if self.spool is not None else None
-
-    def close(self) -> None:
-        if self.spool is not None:
-            self.spool.close()
-
-    def __enter__(self) -> Body:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-EMPTY_BODY = Body(b"")
-
-
-def has_body(environ: WSGIEnvironment) -> bool:
-    """Whether the request announces a body (a length other than 0, or chunks)."""
-    length = environ.get("CONTENT_LENGTH")
-    return bool(length and length != "0") or "HTTP_TRANSFER_ENCODING" in environ
-
-
-def read_body(request: Request, limit: int) -> Body:
-    """The request body, at most ``limit`` bytes; larger bodies raise RequestEntityTooLarge."""
-    request.max_content_length = limit
-    declared = request.content_length
-    if declared is not None and declared <= SPOOL_ABOVE:
-        return Body(request.get_data(cache=False))
-    stream = request.stream
-    # Never ask werkzeug's stream for more than the limit: past it, it answers 413 even when
-    # the body ends exactly there; _refuse_a_longer_chunked_body looks past it itself.
-    head = stream.read(min(SPOOL_ABOVE + 1, limit))
-    if len(head) <= SPOOL_ABOVE and declared is None:
-        _refuse_a_longer_chunked_body(request, len(head), limit)
-        return Body(head)
-    # Unlinked, gone when closed; it outlives this function: the run reads it, then closes it.
-    # In the worker's folder, which the kernel wall (wagi.execution.wall) lets runner threads read.
-    spool = tempfile.TemporaryFile(prefix="wagi-body-", dir=scratch.worker_folder())  # noqa: SIM115
-    try:
-        spool.write(head)
-        length = len(head)
-        while length < limit and (chunk := stream.read(min(256 * 1024, limit - length))):
-            spool.write(chunk)
-            length += len(chunk)
-        _refuse_a_longer_chunked_body(request, length, limit)
-        spool.flush()
-        spool.seek(0)
-    except BaseException:
-        spool.close()
-        raise
-    return Body(b"", spool, length)
-
-
-def _refuse_a_longer_chunked_body(request: Request, length: int, limit: int) -> None:
-    # werkzeug stops a chunked body quietly at the limit; see if there was more.
-    if request.content_length is None and length == limit and request.environ["wsgi.input"].read(1):
-        raise RequestEntityTooLarge()
 
 
 class ResponseCut(Exception):
@@ -224,131 +87,26 @@ class ResponseCut(Exception):
 
 
 class Gateway:
-    """The WSGI application of one worker."""
+    """The WSGI application of one worker: serves with a :class:`~wagi.server.worker.Worker`."""
 
-    def __init__(
-        self,
-        settings: ServerSettings,
-        engine: Engine,
-        loader: ModuleLoader,
-        table: RoutingTable[Handler],
-        module_log: ModuleLog,
-        sites: RunSites,
-        observer: Observer | None = None,
-        *,
-        watchdog: Watchdog | None = None,
-        health: WorkerHealth | None = None,
-    ) -> None:
-        self.settings = settings
-        self.engine = engine
-        self.loader = loader
-        self.table = table
-        self.module_log = module_log
-        self.observer = observer or Observer(engine.name)
-        self.watchdog = watchdog
-        self.health = health or WorkerHealth(replace=False)
-        self.sites = sites
-        """Where module runs happen, behind the kernel wall (wagi.execution.sites)."""
-        self.streams = engine.capabilities.streaming
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        # The parts a request looks up, one attribute away (the hot path).
+        self.settings = worker.settings
+        self.engine = worker.engine
+        self.loader = worker.loader
+        self.table = worker.table
+        self.sites = worker.sites
+        self.observer = worker.observer
+        self.module_log = worker.module_log
+        self.health = worker.health
+        self.watchdog = worker.watchdog
+        self.streams = worker.engine.capabilities.streaming
         self._checks: dict[int, Callable[[LoadedModule], None]] = {}
         self.wsgi_app: Any = self.app
-        if settings.trusted_proxy_hops:
-            hops = settings.trusted_proxy_hops
+        if self.settings.trusted_proxy_hops:
+            hops = self.settings.trusted_proxy_hops
             self.wsgi_app = ProxyFix(self.app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
-
-    @classmethod
-    def create(
-        cls,
-        settings: ServerSettings,
-        config: Config,
-        choice: EngineChoice | None = None,
-        *,
-        serving: bool = False,
-        confine: bool | None = None,
-        secrets: Sequence[Path] = (),
-    ) -> Gateway:
-        """Everything a worker needs to serve: engine, compiled modules, routing table.
-
-        ``serving`` (a gunicorn worker) also starts the 504 watchdog when the engine
-        cannot interrupt a module, before the engine exists (nothing is spawned from a
-        process that has already compiled), and, when the engine runs modules behind one
-        wall for the whole worker, raises that wall around the calling thread and every
-        thread it makes from then on: the worker serves and runs modules confined.
-        ``confine`` (default: ``serving``) raises that wall without serving (``wagi run``:
-        the process does nothing else afterwards). ``secrets`` are files the worker's wall
-        must never grant (TLS keys).
-        """
-        if choice is None:
-            choice = choose_engine(
-                settings.engine, config, settings.max_memory, settings.kernel_wall
-            )
-        metrics = None
-        if serving and settings.metrics_bind:
-            from wagi.observability.metrics import (
-                Metrics,  # prometheus_client only where metrics are on
-            )
-
-            metrics = Metrics()
-        watchdog = None
-        if serving and not choice.capabilities.interruptible:
-            watchdog = Watchdog(http_bytes(TIMED_OUT), choice.name)
-        engine = create_engine(
-            choice.name, settings.cache_dir, metrics.cache_lookup if metrics else None
-        )
-        loader = ModuleLoader(engine)
-        try:  # remove what killed workers left behind before serving
-            transient = scratch.worker_folder()
-        except (scratch.ScratchError, OSError) as exc:
-            raise StartupError(f"the folder of transient files (scratch, bodies): {exc}") from None
-        try:
-            plan = wall.plan_walls(
-                engine.capabilities,
-                config,
-                settings.kernel_wall,
-                settings.cache_dir,
-                transient,
-                worker=wall.WorkerNeeds.of(settings, config, secrets),
-            )
-        except wall.WallRefused as exc:
-            raise StartupError(str(exc)) from None
-        sites = RunSites(engine, plan, settings.cache_dir, announce=serving)
-        table = build_routing_table(
-            config, engine, loader, settings, tolerant=serving, run=sites.run
-        )
-        observer = Observer(
-            engine.name,
-            trust_request_id=settings.trusted_proxy_hops > 0,
-            echo_request_id=serving,
-            metrics=metrics,
-        )
-        module_log = ModuleLog(settings.log_dir, json=settings.log_format == "json")
-        # A worker that can no longer run modules is replaced (wagi.server.health).
-        health = WorkerHealth(replace=serving)
-        health.watch(lambda: broken_engine(engine.broken))
-        if watchdog is not None:
-            health.watch(watchdog.problem)
-        # Spooled bodies and scratch directories go there, and the wall grants that very
-        # directory: one made again would be out of reach of the confined worker.
-        transient_path = str(transient)  # a str: no path object made on every request
-        health.watch(lambda: scratch.folder_problem(transient_path))
-        if (serving if confine is None else confine) and plan.worker is not None:
-            try:
-                sites.confine_this_thread()
-            except landlock.WallError as exc:
-                raise StartupError(f"the worker could not be confined: {exc}") from None
-            engine.seal_cache()
-            module_log.confined = True
-        return cls(
-            settings,
-            engine,
-            loader,
-            table,
-            module_log,
-            sites,
-            observer,
-            watchdog=watchdog,
-            health=health,
-        )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         return self.wsgi_app(environ, start_response)  # type: ignore[no-any-return]
@@ -381,7 +139,7 @@ class Gateway:
         body = EMPTY_BODY
         if has_body(environ):
             try:
-                body = read_body(Request(environ), self.settings.max_body)
+                body = read_body(Request(environ), self.settings.max_body, self.worker.transient)
             except RequestEntityTooLarge:
                 return error_response(
                     413, f"the body is larger than {self.settings.max_body} bytes"
@@ -409,15 +167,15 @@ class Gateway:
             return NOT_LOADED
         argv = handler.argv.expand(match.script_name, query)
         if self.streams and self.sites.runs_here(handler):
-            return _RunHere(self, handler, module, argv, cgi_env, route, body)
+            return _StreamedRun(self, handler, module, argv, cgi_env, route, body)
         invocation = handler.invocation(argv, cgi_env, body.data, body.path)
-        return self._run_elsewhere(
+        return self._answer_when_done(
             handler, module, invocation, route, body, environ, observation.request_id
         )
 
     # -- running ---------------------------------------------------------------------
 
-    def _run_elsewhere(
+    def _answer_when_done(
         self,
         handler: Handler,
         module: LoadedModule,
@@ -431,16 +189,46 @@ class Gateway:
         on an engine that cannot stream), then answer from it."""
         client = environ.get("gunicorn.socket")
         try:
-            with scratch.provide(invocation, handler.scratch) as provided, body:
-                run = self.observer.timed(self.run)
-                result = run(handler, module, provided, client, route, request_id)
-        except Unfit:
+            with body:
+                run = self.observer.timed(self._run_watched)
+                result = run(handler, module, invocation, client, route, request_id)
+        except WorkerUnfit as exc:
+            self.health.unfit(str(exc))
             return UNFIT
         except (EngineError, OSError) as exc:
             logger.error("[%s] cannot run %s: %s", route, handler.entry.module, exc)
             return NOT_STARTED
         self.ran(route, result)
         return self.to_response(route, result, result.stdout, handler.limits.timeout)
+
+    def _run_watched(
+        self,
+        handler: Handler,
+        module: LoadedModule,
+        invocation: Invocation,
+        client: Any,
+        route: str,
+        request_id: str = "",
+    ) -> RunResult:
+        """Run ``module`` at its run site, under the watchdog if the engine needs one, and
+        wait for the result. Raises :class:`~wagi.execution.sites.WorkerUnfit` when this
+        worker turns out unable to run modules (it is then being replaced)."""
+        watchdog = self.watchdog
+        timeout = invocation.limits.timeout
+        if watchdog is None or timeout is None or not isinstance(client, socket.socket):
+            return self.sites.run_module(handler, module, invocation)
+        try:
+            watchdog.arm(client, timeout, route, request_id)
+        except WatchdogGone as exc:
+            raise WorkerUnfit(str(exc)) from None
+        try:
+            result = self.sites.run_module(handler, module, invocation)
+        finally:
+            try:
+                watchdog.disarm()
+            except WatchdogGone as exc:  # died during the run: this result still stands
+                self.health.unfit(str(exc))
+        return result
 
     def _check_for(self, handler: Handler) -> Callable[[LoadedModule], None]:
         check = self._checks.get(id(handler))
@@ -466,55 +254,6 @@ class Gateway:
         self.observer.ran(result)
         if result.stderr:
             self.module_log.write(route, result.stderr)
-
-    def run(
-        self,
-        handler: Handler,
-        module: Any,
-        invocation: Invocation,
-        client: Any,
-        route: str,
-        request_id: str = "",
-    ) -> RunResult:
-        """Run ``module`` where its route's runs happen, under the watchdog if the engine
-        needs one, and wait for the result.
-
-        Raises :class:`~wagi.server.health.Unfit` when this worker turns out unable to run
-        modules (the worker is then being replaced).
-        """
-        watchdog = self.watchdog
-        timeout = invocation.limits.timeout
-        if watchdog is None or timeout is None or not isinstance(client, socket.socket):
-            return self._run_engine(handler, module, invocation)
-        try:
-            watchdog.arm(client, timeout, route, request_id)
-        except WatchdogGone as exc:
-            self.health.unfit(str(exc))
-            raise Unfit(str(exc)) from None
-        try:
-            result = self._run_engine(handler, module, invocation)
-        finally:
-            try:
-                watchdog.disarm()
-            except WatchdogGone as exc:  # died during the run: this result still stands
-                self.health.unfit(str(exc))
-        return result
-
-    def _run_engine(self, handler: Handler, module: Any, invocation: Invocation) -> RunResult:
-        try:
-            return self.sites.run(handler, module, invocation)
-        except EngineBroken as exc:
-            self.health.unfit(broken_engine(str(exc)))
-            raise Unfit(str(exc)) from None
-        except landlock.WallError as exc:
-            raise Unfit(self.wall_failed(exc)) from None
-
-    def wall_failed(self, exc: landlock.WallError) -> str:
-        """No module runs unconfined: this worker is replaced. Returns the problem."""
-        problem = f"a thread that runs modules could not be confined ({exc})"
-        self.health.unfit(problem)
-        logger.error("%s; this worker is being replaced", problem)
-        return problem
 
     def log_ending(self, route: str, result: RunResult, timeout: float | None = None) -> None:
         """One clear line for a run that did not succeed: route, what happened, the limit."""
@@ -559,7 +298,7 @@ class Gateway:
         return Answer(status_line(cgi.status, cgi.reason), cgi.headers, cgi.body)
 
 
-class _RunHere:
+class _StreamedRun:
     """A run on the serving thread, as a WSGI application: the module's stdout goes to the
     client through a :class:`~wagi.server.streaming.ClientStream` while it runs."""
 
@@ -595,12 +334,9 @@ class _RunHere:
         started = time.perf_counter()
         try:
             with body:
-                if handler.scratch is None:
-                    result = gateway._run_engine(handler, self.module, invocation)
-                else:
-                    with scratch.provide(invocation, handler.scratch) as provided:
-                        result = gateway._run_engine(handler, self.module, provided)
-        except Unfit:
+                result = gateway.sites.run_module(handler, self.module, invocation)
+        except WorkerUnfit as exc:
+            gateway.health.unfit(str(exc))
             return UNFIT(environ, start_response)
         except (EngineError, OSError) as exc:
             logger.error("[%s] cannot run %s: %s", route, handler.entry.module, exc)

@@ -210,9 +210,10 @@ def post_worker_init(worker: Any) -> None:
     """Create this worker's engine and routing table before it accepts a request; from
     then on, a helper process that dies (the watchdog) takes the worker out at once.
 
-    Where the engine runs modules behind one wall for the whole worker, building the
-    gateway ends by confining the worker (:mod:`wagi.execution.wall`): what it still needs from the
-    file system afterwards is opened first. TLS: the certificate and key are read once,
+    Where the engine runs modules behind one wall for the whole worker, building it
+    (:func:`wagi.server.worker.build_worker`) ends by confining it
+    (:mod:`wagi.execution.wall`): what it still needs from the file system afterwards is
+    opened first. TLS: the certificate and key are read once,
     here (:func:`ssl_context`), never again, and the wall never grants them. Reopening log
     files (SIGUSR1) needs a new worker: see :func:`_replace_on_usr1`.
     """
@@ -226,11 +227,11 @@ def post_worker_init(worker: Any) -> None:
         from gunicorn import sock
 
         sock.ssl_context(cfg)  # read the certificate and key now, before the wall
-    gateway = start(secrets)
+    built = start(secrets).worker
     from wagi.server.health import notice_dead_children
 
-    notice_dead_children(worker, gateway.health)
-    if gateway.sites.confined_here is not None:
+    notice_dead_children(worker, built.health)
+    if built.sites.confined_here is not None:
         _replace_on_usr1(worker)
 
 

@@ -6,7 +6,9 @@ serve modules. It must not go on answering errors while ``/healthz`` says OK.
 gunicorn) sends the worker process ``SIGTERM``: gunicorn's graceful stop of one
 worker, which finishes the request in hand, exits, and lets the arbiter start a
 fresh worker in its place. Until it exits, :meth:`WorkerHealth.problem` tells the
-gateway to answer ``503`` to ``/healthz`` and to module requests.
+gateway to answer ``503`` to ``/healthz`` and to module requests. The run sites say when
+a run finds the worker unfit (:class:`~wagi.execution.sites.WorkerUnfit`); the gateway
+records it here.
 
 A helper process that dies (the watchdog, to an OOM kill) is noticed at once, not
 when a request meets it: :func:`notice_dead_children` checks on ``SIGCHLD``. gunicorn's
@@ -32,10 +34,6 @@ from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger("wagi")
-
-
-class Unfit(Exception):
-    """This worker can no longer run modules; the message says why."""
 
 
 class WorkerHealth:
