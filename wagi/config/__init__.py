@@ -4,8 +4,9 @@
   :class:`ModuleEntry` objects), or one :class:`ConfigError` naming file, entry and key;
 - :mod:`wagi.config.settings`: every server option, declared once (flag, ``WAGI_*``
   variable, default, parser);
-- :mod:`wagi.config.sources` and :mod:`wagi.config.registry`: where a module comes from,
-  a local file or an OCI registry (pulled and verified at start-up).
+- :mod:`wagi.config.references`, :mod:`wagi.config.sources` and :mod:`wagi.config.registry`:
+  where a module comes from, a local file or an OCI registry (pulled and verified at
+  start-up).
 
 This package re-exports the face of ``modules.toml`` (``from wagi.config import
 load_config``), as Werkzeug's ``routing`` package does for its rules and map.
@@ -20,11 +21,8 @@ from wagi.config.modules_toml import (
     MODULE_SUFFIXES,
     Config,
     ConfigError,
-    LocalModule,
     ModuleEntry,
     ModuleKey,
-    ModuleSource,
-    OciModule,
     Scratch,
     Volume,
     entry_label,
@@ -32,8 +30,8 @@ from wagi.config.modules_toml import (
     load_env_file,
     module_keys_table,
     parse_config,
-    parse_oci_reference,
 )
+from wagi.config.references import LocalModule, ModuleSource, OciModule, parse_oci_reference
 
 __all__ = [
     "DEFAULT_ARGV",
