@@ -38,7 +38,7 @@ Measured facts the code below is built around (wasmer 1.1.0, Linux):
   (``map_directory`` and ``preopen_directory`` alike). Code that takes its first
   preopen at fd 3 (Grain's runtime, WAGI's fileserver) would find nothing there,
   so a run with volumes renumbers them to fd 3 on, the virtual ``/`` after them
-  (:class:`_FdTable`). Mapped directories do not confine
+  (:class:`FdTable`). Mapped directories do not confine
   the guest: an absolute path opened relative to a mapped directory reaches
   the whole host file system (read, write, list), and host-placed symlinks
   are followed out of the directory. Volumes are refused (see
@@ -54,19 +54,17 @@ Measured facts the code below is built around (wasmer 1.1.0, Linux):
   write with ``EACCES``. For a module that imports ``fd_renumber``, wagi's own
   ``fd_renumber``, ``fd_close`` and ``fd_write`` keep the module's fd table of
   stdout and stderr, as the wasmtime engine does, and write a renumbered stream
-  into the run's capture itself (:class:`_FdTable`).
+  into the run's capture itself (:class:`FdTable`).
 - A native WASI function cannot be called from Python ("Native function
   definitions can't be directly called from the host yet"); a tiny module that
-  imports the run's own WASI functions and exports them (:data:`_FD_WAT`) can.
+  imports the run's own WASI functions and exports them (:data:`FD_WAT`) can.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import platform
 import re
-import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -77,16 +75,7 @@ from typing import Any
 
 import wasmtime
 
-from wagi.outbound.abi import (
-    IMPORT_MODULE,
-    SIGNATURES,
-    GuestMemoryError,
-    HttpError,
-    OutboundSession,
-)
-from wagi.outbound.policy import DENY_ALL
-
-from .base import (
+from wagi.engines.base import (
     STDERR_LIMIT,
     Capabilities,
     Ending,
@@ -99,8 +88,28 @@ from .base import (
     RunResult,
     read_module,
 )
-from .cache import ArtifactCache, content_hash
-from .memory_cap import MemoryCapError, cap_memory
+from wagi.engines.cache import ArtifactCache, content_hash
+from wagi.engines.memory_cap import MemoryCapError, cap_memory
+from wagi.engines.wasmer.captures import (
+    SCRUB_WAT,
+    ensure_std_fds,
+    memfd,
+    read_prefix,
+    write_all,
+)
+from wagi.engines.wasmer.host import (
+    FD_SHADOWED,
+    FD_WAT,
+    OUTBOUND_MARGIN,
+    FdTable,
+    HttpBinding,
+)
+from wagi.outbound.abi import (
+    IMPORT_MODULE,
+    SIGNATURES,
+    OutboundSession,
+)
+from wagi.outbound.policy import DENY_ALL
 
 __all__ = ["WasmerEngine", "WasmerModule"]
 
@@ -110,87 +119,11 @@ _EXIT_MESSAGE = re.compile(r"RuntimeError: WASI exited with code: ([0-9]{1,10})"
 _WASI_NAMESPACES = frozenset({"wasi_snapshot_preview1", "wasi_unstable"})
 """The only import namespaces a module can link against here."""
 
-_OUTBOUND_MARGIN = 0.1
-"""Seconds before the run's deadline at which outbound HTTP gives up on wasmer.
-
-wasmer cannot interrupt a guest, so past the deadline the watchdog ends the worker.
-A request cut short a little earlier lets the host function trap the guest, the run
-end as timed out (504) and the worker live on."""
-
 _LINK_ERROR_PREFIX = "Error while importing "
 """How wasmer words a missing or mistyped import at instantiation."""
 
 _DETAIL_MAX = 2000
 """Characters of a trap message kept for the log (a stack overflow message is ~33 MB)."""
-
-_SEAL_SLACK = 4 << 20
-"""Room past a byte limit before writes start failing.
-
-A capture file is sized to ``limit + _SEAL_SLACK`` and sealed against growth,
-so a runaway writer cannot fill the host's memory. The kernel refuses a
-write per page (or large folio) chunk that would cross the size, so the
-limit is only detected reliably if the slack exceeds the largest chunk (2 MiB
-for a PMD-sized folio): any attempt to write past ``limit`` then either
-succeeds (the file offset passes ``limit``) or fails at an offset already
-past it. The file is sparse, so the slack costs nothing unless written.
-"""
-
-_FD_WAT = """
-(module
-  (import "wasi_snapshot_preview1" "fd_renumber" (func $renumber (param i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_close" (func $close (param i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_write"
-    (func $write (param i32 i32 i32 i32) (result i32)))
-  ;; The guest's own memory: WASI functions find their memory through the "memory"
-  ;; export of the instance that imports them.
-  (import "wagi" "memory" (memory 0))
-  (export "memory" (memory 0))
-  (func (export "fd_renumber") (param i32 i32) (result i32)
-    (call $renumber (local.get 0) (local.get 1)))
-  (func (export "fd_close") (param i32) (result i32) (call $close (local.get 0)))
-  (func (export "fd_write") (param i32 i32 i32 i32) (result i32)
-    (call $write (local.get 0) (local.get 1) (local.get 2) (local.get 3))))
-"""
-"""The run's own WASI ``fd_renumber``, ``fd_close`` and ``fd_write``, callable from Python."""
-
-_FD_SHADOWED = ("fd_renumber", "fd_close", "fd_write")
-"""The WASI functions wagi replaces for a module that renumbers its fds."""
-
-_PARKED_FD = 0x3FFF_FFFF
-"""Where the virtual ``/`` waits while the volumes move down to fd 3 (never a real fd)."""
-
-_IOV_MAX = 1024
-"""Buffers one ``fd_write`` may hand over (POSIX ``writev``'s limit, as on wasmtime)."""
-
-_ERRNO_BADF, _ERRNO_INVAL, _ERRNO_IO, _ERRNO_FAULT = 8, 28, 29, 21
-
-_SCRUB_WAT = """
-(module
-  (import "wasi_snapshot_preview1" "fd_read"
-    (func $fd_read (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_write"
-    (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 2)
-  (data (i32.const 32) "\\n")
-  ;; Drain Rust's stdin buffer (fd 0 is at EOF on the host side), then push
-  ;; one newline through stdout so a LineWriter holding stale bytes flushes
-  ;; them. Returns the number of stale stdin bytes found.
-  (func (export "scrub") (result i32)
-    (local $total i32) (local $rounds i32)
-    (block $done
-      (loop $more
-        (i32.store (i32.const 0) (i32.const 1024))
-        (i32.store (i32.const 4) (i32.const 64512))
-        (br_if $done (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
-        (br_if $done (i32.eqz (i32.load (i32.const 8))))
-        (local.set $total (i32.add (local.get $total) (i32.load (i32.const 8))))
-        (local.set $rounds (i32.add (local.get $rounds) (i32.const 1)))
-        (br_if $more (i32.lt_u (local.get $rounds) (i32.const 1024)))))
-    (i32.store (i32.const 16) (i32.const 32))
-    (i32.store (i32.const 20) (i32.const 1))
-    (drop (call $fd_write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 24)))
-    (local.get $total)))
-"""
 
 
 def _import_wasmer() -> tuple[Any, Any]:
@@ -213,54 +146,6 @@ def _first_lines(message: str, limit: int = _DETAIL_MAX) -> str:
     if len(message) > limit:
         message = message[:limit].rsplit("\n", 1)[0] + "\n    ..."
     return message
-
-
-def _memfd(name: str, limit: int | None) -> int:
-    """A capture file; with a ``limit``, sealed so it cannot grow far past it."""
-    fd = os.memfd_create(f"wagi-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    if limit is not None:
-        try:
-            os.ftruncate(fd, limit + _SEAL_SLACK)
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW)
-        except BaseException:
-            os.close(fd)
-            raise
-    return fd
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _read_prefix(fd: int, size: int) -> bytes:
-    """The first ``size`` bytes of ``fd`` (the guest cannot seek its stdio, so offset = size)."""
-    chunks = []
-    offset = 0
-    while offset < size:
-        chunk = os.pread(fd, size - offset, offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
-
-
-def _ensure_std_fds() -> None:
-    """Open /dev/null on any of fds 0-2 that is closed.
-
-    A run saves and restores fds 0-2; were one closed, a capture memfd would
-    be given its number and the restore would go wrong.
-    """
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            null = os.open(os.devnull, os.O_RDWR)
-            if null != fd:
-                os.dup2(null, fd)
-                os.close(null)
 
 
 @dataclass(frozen=True)
@@ -331,7 +216,7 @@ class WasmerEngine(Engine):
         the guest (see the module docstring). wagi never sets it.
         """
         self._wasmer, self._compiler = _import_wasmer()
-        _ensure_std_fds()
+        ensure_std_fds()
         self._cache = cache or ArtifactCache(None)
         self._unconfined_volumes = unconfined_volumes
         self._scrubber: Any = None
@@ -339,10 +224,10 @@ class WasmerEngine(Engine):
         # creating the engine and loading its modules may open no path at all.
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._poisoned = ""
-        self._http = _HttpBinding()
-        self._fds = _FdTable()
+        self._http = HttpBinding()
+        self._fds = FdTable()
         self._fd_functions: dict[int, tuple[Any, Any, dict[str, Any]]] = {}
-        """By ``id(store)``: the store (kept alive), :data:`_FD_WAT` compiled into it, and
+        """By ``id(store)``: the store (kept alive), :data:`FD_WAT` compiled into it, and
         wagi's own ``fd_*`` functions there; made once per Store, like the HTTP ones."""
         self._http_functions: dict[int, tuple[Any, dict[str, Any]]] = {}
         """By ``id(store)``: the store (kept alive) and its ``wasi_experimental_http``
@@ -515,11 +400,11 @@ class WasmerEngine(Engine):
         compiled = self._limited(module, limits.max_memory)
         fds = self._fds if (module.renumbers or invocation.preopens) else None
         imports = self._wasi_imports(module, compiled.store, invocation, fds)
-        http: _HttpBinding | None = None
+        http: HttpBinding | None = None
         if module.imports_http:
             deadline = None
             if limits.timeout is not None:
-                deadline = time.monotonic() + max(limits.timeout - _OUTBOUND_MARGIN, 0.0)
+                deadline = time.monotonic() + max(limits.timeout - OUTBOUND_MARGIN, 0.0)
             http = self._http
             http.start(OutboundSession(invocation.outbound or DENY_ALL, deadline))
             imports.register(IMPORT_MODULE, self._http_imports(compiled.store))
@@ -527,15 +412,15 @@ class WasmerEngine(Engine):
         outcome: tuple[Ending, int, str] | None = None
         link_error = ""
         stdin_fd = (
-            _memfd("stdin", None)
+            memfd("stdin", None)
             if invocation.stdin_file is None
             else os.open(invocation.stdin_file, os.O_RDONLY | os.O_CLOEXEC)
         )
-        stdout_fd = _memfd("stdout", limits.max_output)
-        stderr_fd = _memfd("stderr", STDERR_LIMIT)
+        stdout_fd = memfd("stdout", limits.max_output)
+        stderr_fd = memfd("stderr", STDERR_LIMIT)
         try:
             if invocation.stdin_file is None:
-                _write_all(stdin_fd, invocation.stdin)
+                write_all(stdin_fd, invocation.stdin)
                 os.lseek(stdin_fd, 0, os.SEEK_SET)
             started = time.monotonic()
             with self._stdio(stdin_fd, stdout_fd, stderr_fd):
@@ -578,7 +463,7 @@ class WasmerEngine(Engine):
                 detail = f"wrote at least {written} bytes to stdout, over the "
                 detail += f"{limits.max_output} byte limit{then}"
             too_large = ending is Ending.OUTPUT_TOO_LARGE
-            stdout = b"" if too_large else _read_prefix(stdout_fd, written)
+            stdout = b"" if too_large else read_prefix(stdout_fd, written)
             stderr = self._stderr(stderr_fd)
             if http is not None:
                 stderr += http.session.report()
@@ -612,7 +497,7 @@ class WasmerEngine(Engine):
     def _fd_store(self, store: Any) -> tuple[Any, Any, dict[str, Any]]:
         entry = self._fd_functions.get(id(store))
         if entry is None:
-            wasm = bytes(wasmtime.wat2wasm(_FD_WAT))
+            wasm = bytes(wasmtime.wat2wasm(FD_WAT))
             entry = self._fd_functions[id(store)] = (
                 store,
                 self._wasmer.Module(store, wasm),
@@ -625,7 +510,7 @@ class WasmerEngine(Engine):
         module: WasmerModule,
         store: Any,
         invocation: Invocation,
-        fds: _FdTable | None = None,
+        fds: FdTable | None = None,
     ) -> Any:
         """A fresh WASI state: argv, exactly ``invocation.env``, and (if allowed) preopens.
 
@@ -658,7 +543,7 @@ class WasmerEngine(Engine):
             builder.map_directory(preopen.guest_path, str(preopen.host_path))
         # The functions as a dict cost about 40 µs more than wasmer's own import object:
         # only a module whose functions wagi replaces (or that uses the older WASI
-        # namespace, which _FD_WAT does not import from) pays for it.
+        # namespace, which FD_WAT does not import from) pays for it.
         plain = fds is None or (
             not module.renumbers and module.wasi_version == self._wasmer.wasi.Version.SNAPSHOT1
         )
@@ -677,7 +562,7 @@ class WasmerEngine(Engine):
         imports = self._wasmer.ImportObject()
         fds.real = self._wasmer.ImportObject()
         for name, functions in namespaces.items():
-            fds.real.register("wasi_snapshot_preview1", {fd: functions[fd] for fd in _FD_SHADOWED})
+            fds.real.register("wasi_snapshot_preview1", {fd: functions[fd] for fd in FD_SHADOWED})
             if module.renumbers:
                 functions = {**functions, **self._fd_store(store)[2]}
             imports.register(name, functions)
@@ -701,7 +586,7 @@ class WasmerEngine(Engine):
     @staticmethod
     def _stderr(fd: int) -> bytes:
         written = os.lseek(fd, 0, os.SEEK_CUR)
-        data = _read_prefix(fd, min(written, STDERR_LIMIT))
+        data = read_prefix(fd, min(written, STDERR_LIMIT))
         if written > STDERR_LIMIT:
             data += b"\n[wagi: stderr truncated at %d bytes]\n" % STDERR_LIMIT
         return data
@@ -743,7 +628,7 @@ class WasmerEngine(Engine):
         try:
             if self._scrubber is None:
                 store = self._new_store()
-                wasm = bytes(wasmtime.wat2wasm(_SCRUB_WAT))
+                wasm = bytes(wasmtime.wat2wasm(SCRUB_WAT))
                 scrub_module = self._wasmer.Module(store, wasm)
                 wasi = self._wasmer.wasi
                 imports = (
@@ -759,181 +644,3 @@ class WasmerEngine(Engine):
                 "restart the worker"
             )
             raise EngineBroken(self._poisoned) from exc
-
-
-class _DeadlinePassed(Exception):
-    """Raised from a host function to trap the guest: its deadline has passed."""
-
-
-class _WasmerMemory:
-    """The instance's ``memory`` export, for :mod:`wagi.outbound.abi` (one call)."""
-
-    __slots__ = ("_view",)
-
-    def __init__(self, instance: Any) -> None:
-        try:
-            memory = instance.exports.memory
-            self._view: memoryview | None = memoryview(memory.buffer)
-        except Exception:  # no such export, or not a memory
-            self._view = None
-
-    def _check(self, ptr: int, length: int) -> memoryview:
-        if self._view is None:
-            raise GuestMemoryError(HttpError.MEMORY_NOT_FOUND)
-        if ptr + length > len(self._view):
-            raise GuestMemoryError(HttpError.MEMORY_ACCESS_ERROR)
-        return self._view
-
-    def read(self, ptr: int, length: int) -> bytes:
-        return bytes(self._check(ptr, length)[ptr : ptr + length])
-
-    def write(self, ptr: int, data: bytes) -> None:
-        self._check(ptr, len(data))[ptr : ptr + len(data)] = data
-
-
-class _HttpBinding:
-    """The engine's ``wasi_experimental_http`` functions, bound to the current run's session.
-
-    wasmer-python host functions get no caller: the memory is found through the
-    instance, known once it exists (before the guest can call anything). The engine
-    runs one module at a time, so one binding serves every run.
-    """
-
-    def __init__(self) -> None:
-        self.session = OutboundSession(DENY_ALL, None)
-        self.instance: Any = None
-
-    def start(self, session: OutboundSession) -> None:
-        self.session = session
-        self.instance = None
-
-    def end(self) -> None:
-        self.session.close_all()
-        self.instance = None
-
-    def functions(self, wasmer: Any, store: Any) -> dict[str, Any]:
-        i32 = wasmer.Type.I32
-        return {
-            name: wasmer.Function(store, self._host(name), wasmer.FunctionType([i32] * n, [i32]))
-            for name, n in SIGNATURES.items()
-        }
-
-    def _host(self, name: str) -> Any:
-        def host(*args: int) -> int:
-            session = self.session
-            code = session.call(name, _WasmerMemory(self.instance), *args)
-            if session.timed_out:
-                # The guest cannot be interrupted; trapping it now ends the run before
-                # the watchdog has to end the worker.
-                raise _DeadlinePassed("wagi: outbound HTTP reached the module's deadline")
-            return code
-
-        return host
-
-
-class _FdTable:
-    """The run's fd table where wasmer's own falls short, for one run at a time.
-
-    - Volumes at fd 3 on (:meth:`move_volumes`), as on wasmtime and every other runtime.
-    - stdout and stderr as the module's own fd table says, for a module that renumbers
-      fds: ``streams`` maps a guest fd to the process fd it writes to (1 or 2, the run's
-      captures). A write to a stream still at its own number goes to wasmer's
-      ``fd_write`` (as for every module); a stream moved elsewhere is written here.
-
-    The host functions are made once per Store (:meth:`functions`) and act on the run
-    :meth:`attach` names; the engine runs one module at a time.
-    """
-
-    def __init__(self) -> None:
-        self.streams: dict[int, int] = {1: 1, 2: 2}
-        self.vacant: set[int] = set()
-        """fd 1 or 2 once moved or closed (and nothing renumbered onto it)."""
-        self.real: Any = None
-        """An ImportObject with the run's own WASI functions under ``wasi_snapshot_preview1``
-        (the guest's own, where wagi replaces none of them), for :data:`_FD_WAT`."""
-        self._calls: Any = None
-        self._memory: Any = None
-
-    def attach(self, wasmer: Any, instance: Any, fd_module: Any) -> None:
-        """Bind the run whose guest is ``instance`` (before any of its code runs)."""
-        self.streams = {1: 1, 2: 2}
-        self.vacant = set()
-        self._memory = instance.exports.memory
-        self.real.register("wagi", {"memory": self._memory})
-        self._calls = wasmer.Instance(fd_module, self.real).exports
-
-    def end(self) -> None:
-        self._calls = self._memory = self.real = None
-
-    def move_volumes(self, count: int) -> None:
-        """wasmer's virtual ``/`` at fd 3 and ``count`` volumes from fd 4 -> the volumes
-        from fd 3 (in the configuration's order), the virtual ``/`` right after them."""
-        if not count:
-            return
-        renumber = self._calls.fd_renumber
-        moves = [(3, _PARKED_FD), *((4 + i, 3 + i) for i in range(count)), (_PARKED_FD, 3 + count)]
-        for source, target in moves:
-            errno = renumber(source, target)
-            if errno:
-                raise EngineError(f"cannot place the volumes at fd 3 (fd_renumber: errno {errno})")
-
-    def functions(self, wasmer: Any, store: Any) -> dict[str, Any]:
-        i32 = wasmer.Type.I32
-
-        def fd_renumber(source: int, target: int) -> int:
-            errno = int(self._calls.fd_renumber(source, target))
-            if errno == 0:
-                stream = self.streams.pop(source, None)
-                self.streams.pop(target, None)
-                if stream is not None:
-                    self.streams[target] = stream
-                self.vacant.discard(target)
-                if source in (1, 2):
-                    self.vacant.add(source)
-            return errno
-
-        def fd_close(fd: int) -> int:
-            errno = int(self._calls.fd_close(fd))
-            if errno == 0:
-                self.streams.pop(fd, None)
-                if fd in (1, 2):
-                    self.vacant.add(fd)
-            return errno
-
-        def fd_write(fd: int, iovs: int, count: int, nwritten: int) -> int:
-            if fd in self.vacant:
-                return _ERRNO_BADF  # wasmer would still write fds 1 and 2 to stdio by number
-            stream = self.streams.get(fd)
-            if stream is None or stream == fd:
-                return int(self._calls.fd_write(fd, iovs, count, nwritten))
-            return self._write(stream, iovs, count, nwritten)
-
-        def function(python: Any, params: int) -> Any:
-            return wasmer.Function(store, python, wasmer.FunctionType([i32] * params, [i32]))
-
-        return {
-            "fd_renumber": function(fd_renumber, 2),
-            "fd_close": function(fd_close, 1),
-            "fd_write": function(fd_write, 4),
-        }
-
-    def _write(self, stream: int, iovs: int, count: int, nwritten: int) -> int:
-        """Every buffer of one ``fd_write`` into the process fd ``stream`` (a capture)."""
-        if count > _IOV_MAX:
-            return _ERRNO_INVAL
-        memory = memoryview(self._memory.buffer)
-        size = len(memory)
-        if iovs + 8 * count > size or nwritten + 4 > size:
-            return _ERRNO_FAULT
-        total = 0
-        for i in range(count):
-            base, length = struct.unpack_from("<II", memory, iovs + 8 * i)
-            if base + length > size:
-                return _ERRNO_FAULT
-            try:
-                _write_all(stream, memory[base : base + length])
-            except OSError:  # the capture is full: the engine reports the output limit
-                return _ERRNO_IO
-            total += length
-        struct.pack_into("<I", memory, nwritten, total)
-        return 0
