@@ -208,7 +208,7 @@ def test_the_c_api_binding_matches_this_wasmtime() -> None:
     """wagi calls wasmtime's C library directly: a wasmtime-py that moved it must fail here."""
     import importlib.metadata
 
-    from wagi.engines import wasmtime_capi
+    from wagi.engines.wasmtime import capi as wasmtime_capi
 
     wasmtime_capi.check()  # every symbol present, every structure the expected size
     major = int(importlib.metadata.version("wasmtime").split(".")[0])

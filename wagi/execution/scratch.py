@@ -110,7 +110,7 @@ def worker_folder() -> Path:
     """This process's folder of transient files, made (after cleaning leftovers) once.
 
     It holds the scratch directories and the spooled request bodies
-    (:func:`wagi.server.gateway.read_body`): the one host folder, besides volumes, that the
+    (:func:`wagi.server.body.read_body`): the one host folder, besides volumes, that the
     kernel wall (:mod:`wagi.execution.wall`) lets the threads that run modules reach.
     """
     global _worker

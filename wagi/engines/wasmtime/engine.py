@@ -7,7 +7,7 @@ How the pieces fit, and why:
   WASI plus wagi's own host functions. Once per module: the compiled code and
   an ``InstancePre`` (imports resolved). A run then only creates a Store and a
   WASI context, instantiates, calls the export and drops the Store, all
-  through the C API (:mod:`.wasmtime_capi`): about 15-25 µs instead of the
+  through the C API (:mod:`.capi`): about 15-25 µs instead of the
   ~180 µs of wasmtime-py's classes.
 - stdout/stderr: wasmtime's WASI ``fd_write`` writes only the first buffer of
   a vectored write (a legal short write that some toolchains do not retry),
