@@ -227,8 +227,8 @@ class RunSites:
         route has one, and wait for the result.
 
         Raises :class:`WorkerUnfit` when this worker turns out unable to run modules (a new
-        thread could not be confined, or the engine broke); :class:`~wagi.engines.base.
-        EngineError` or :class:`OSError` (say, a scratch directory) when this run cannot start.
+        thread could not be confined, or the engine broke); ``EngineError`` or ``OSError``
+        (say, a scratch directory) when this run cannot start.
         """
         try:
             if handler.scratch is None:
