@@ -22,7 +22,7 @@ Then, in the same process:
 - **per write**: ``bench/lines.wat`` writes its body in 1,000 one-line writes;
   its run time minus hello's (one write), divided by 1,000, is what a write
   costs, to a buffer and to a pipe (the streaming path);
-- **the whole WSGI app**: a :class:`wagi.gateway.Gateway` built from
+- **the whole WSGI app**: a :class:`wagi.server.gateway.Gateway` built from
   ``bench/modules.toml`` is called for ``GET /hello`` with a prepared WSGI
   environ, next to ``bench/plain_wsgi.py`` and a bare werkzeug Request +
   Response called the same way. No HTTP, no gunicorn;
@@ -64,7 +64,7 @@ for _path in (str(ROOT), str(BENCH)):
 
 from wagi.engines import ENGINE_NAMES, create_engine, importable  # noqa: E402
 from wagi.engines.base import Engine, Invocation, Limits, LoadedModule  # noqa: E402
-from wagi.policy import choose_engine  # noqa: E402
+from wagi.execution.engine_choice import choose_engine  # noqa: E402
 
 DEFAULT_MODULE = ROOT / "samples" / "hello.wat"
 DEFAULT_RUNS = 2000
@@ -235,7 +235,7 @@ def stdout_pipe() -> Iterator[tuple[int, Callable[[], bytes]]]:
     reads everything written so far.
     """
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-    with contextlib.suppress(OSError):  # as wagi.gateway.Gateway.stream does
+    with contextlib.suppress(OSError):  # as the gateway's streaming path does
         import fcntl
 
         fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 1024 * 1024)
@@ -373,9 +373,10 @@ def werkzeug_hello(environ: dict[str, Any], start_response: Callable[..., Any]) 
 
 def make_gateway(name: str, cache: Path) -> Any:
     """A Gateway for ``bench/modules.toml`` on engine ``name``, as a worker builds it."""
-    from wagi import settings as wagi_settings
     from wagi.config import load_config
-    from wagi.gateway import Gateway
+    from wagi.config import settings as wagi_settings
+    from wagi.server.gateway import Gateway
+    from wagi.server.worker import build_worker
 
     settings = wagi_settings.load(
         environ={
@@ -384,7 +385,7 @@ def make_gateway(name: str, cache: Path) -> Any:
             "WAGI_CACHE_DIR": str(cache),
         }
     )
-    return Gateway.create(settings, load_config(settings.config))
+    return Gateway(build_worker(settings, load_config(settings.config)))
 
 
 # --------------------------------------------------------------------------- profile
@@ -569,7 +570,7 @@ def bench_engine(
     handoff = None
     if engine.capabilities.streaming:
         # What the gateway pays to run a module on a runner thread, without the module.
-        from wagi.runner import RunnerPool
+        from wagi.execution.runners import RunnerPool
 
         pool = RunnerPool("bench hand-off")
         for _ in range(WARMUP_RUNS):

@@ -509,7 +509,7 @@ def run_engine(engine: str, args: argparse.Namespace) -> EngineRun:
 
 
 def cuts(log: str) -> int:
-    return log.count("wagi.gateway.ResponseCut: ")
+    return log.count("wagi.server.gateway.ResponseCut: ")
 
 
 def warm_up(port: int, cats: list[Category]) -> None:

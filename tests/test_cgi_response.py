@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wagi.cgi_response import BadCgiResponse, parse_cgi_response, split_head
+from wagi.cgi.response import BadCgiResponse, parse_cgi_response, split_head
 
 
 def test_lf_header_block() -> None:

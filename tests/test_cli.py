@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from wagi import landlock
+from wagi.execution import landlock
 
 from .conftest import (
     ENGINES,

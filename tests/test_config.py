@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from wagi.cgi_request import ArgvTemplate
+from wagi.cgi.request import ArgvTemplate
 from wagi.config import ConfigError, LocalModule, Volume, load_config, load_env_file
 
 from .conftest import PROBE

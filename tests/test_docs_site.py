@@ -9,7 +9,7 @@ from types import ModuleType
 import pytest
 
 from wagi.config import MODULE_KEYS, ConfigError, module_keys_table, parse_config
-from wagi.settings import reference_table
+from wagi.config.settings import reference_table
 
 from .conftest import PROBE, ROOT
 

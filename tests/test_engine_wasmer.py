@@ -28,11 +28,8 @@ from wagi.engines.base import (  # noqa: E402
 )
 from wagi.engines.cache import ArtifactCache, content_hash  # noqa: E402
 from wagi.engines.memory_cap import cap_memory  # noqa: E402
-from wagi.engines.wasmer_engine import (  # noqa: E402
-    _SEAL_SLACK,
-    WasmerEngine,
-    WasmerModule,
-)
+from wagi.engines.wasmer import WasmerEngine, WasmerModule  # noqa: E402
+from wagi.engines.wasmer.captures import SEAL_SLACK as _SEAL_SLACK  # noqa: E402
 
 W = '"wasi_snapshot_preview1"'
 IMPORTS = f"""

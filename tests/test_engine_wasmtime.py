@@ -23,7 +23,7 @@ from wagi.engines.base import (
     RunResult,
 )
 from wagi.engines.cache import ArtifactCache
-from wagi.engines.wasmtime_engine import WasmtimeEngine
+from wagi.engines.wasmtime.engine import WasmtimeEngine
 
 IMPORTS = """
   (import "wasi_snapshot_preview1" "fd_write"
@@ -208,7 +208,7 @@ def test_the_c_api_binding_matches_this_wasmtime() -> None:
     """wagi calls wasmtime's C library directly: a wasmtime-py that moved it must fail here."""
     import importlib.metadata
 
-    from wagi.engines import wasmtime_capi
+    from wagi.engines.wasmtime import capi as wasmtime_capi
 
     wasmtime_capi.check()  # every symbol present, every structure the expected size
     major = int(importlib.metadata.version("wasmtime").split(".")[0])

@@ -210,7 +210,9 @@ def test_sigkill_of_a_worker_mid_request(
     assert len(worker_pids(server)) == 2
     get_ok(server, "/probe?hdr&print=again", b"again\n")
     if engine == "wasmer":  # its watchdog process ends with its worker: nothing is left behind
-        out = subprocess.run(["pgrep", "-f", f"wagi.watchdog .* {victim}$"], capture_output=True)
+        out = subprocess.run(
+            ["pgrep", "-f", f"wagi.server.watchdog .* {victim}$"], capture_output=True
+        )
         assert out.stdout == b""
 
 

@@ -20,7 +20,7 @@ import requests
 
 from tests.conftest import ENGINES, Server
 from tests.test_worker_faults import wait_for, worker_pids
-from wagi import landlock
+from wagi.execution import landlock
 
 GOOD = """(module
   (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))

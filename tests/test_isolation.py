@@ -14,7 +14,7 @@ import pytest
 
 from wagi.config import load_config
 from wagi.engines import ENGINE_NAMES
-from wagi.policy import refusals
+from wagi.execution.engine_choice import refusals
 
 from .conftest import ENGINES, Server, write_config
 

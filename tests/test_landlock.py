@@ -1,4 +1,4 @@
-"""The kernel wall (wagi.landlock), alone and under real engines.
+"""The kernel wall (wagi.execution.landlock), alone and under real engines.
 
 Every confinement happens in a fresh thread: Landlock confines the calling
 thread for good, and pytest's own thread must keep its access.
@@ -23,7 +23,7 @@ import pytest
 from wagi.config import load_config
 from wagi.engines import engine_class
 from wagi.engines.base import Preopen
-from wagi.landlock import (
+from wagi.execution.landlock import (
     Availability,
     PathRule,
     Report,
@@ -32,7 +32,7 @@ from wagi.landlock import (
     describe,
     restrict_current_thread,
 )
-from wagi.wall import plan_walls
+from wagi.execution.wall import plan_walls
 
 from .conftest import ENGINES, MODULES, PROBE, ROOT
 
@@ -583,8 +583,8 @@ def test_wasmtime_file_io_runs_on_threads_its_first_callers_created(
 def test_the_worker_wall_alone_holds_wasmtime_given_the_whole_host(
     layout: dict[str, Path],
 ) -> None:
-    """The wall wagi plans for a wasmtime worker (wagi.wall), under a module that its engine
-    lets reach the whole host: a deliberately unconfined preopen of ``/``."""
+    """The wall wagi plans for a wasmtime worker (wagi.execution.wall), under a module that its
+    engine lets reach the whole host: a deliberately unconfined preopen of ``/``."""
     root, data, ro, other, outside = (layout[k] for k in ("root", "data", "ro", "other", "outside"))
     config_path = root / "modules.toml"
     config_path.write_text(

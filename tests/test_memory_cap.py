@@ -17,7 +17,7 @@ import wasmtime
 from wagi.engines import importable
 from wagi.engines.base import Engine, EngineError, Invocation, Limits
 from wagi.engines.memory_cap import PAGE_SIZE, MemoryCapError, cap_memory
-from wagi.engines.wasmtime_engine import WasmtimeEngine
+from wagi.engines.wasmtime.engine import WasmtimeEngine
 
 PROBE = Path(__file__).resolve().parent / "modules" / "probe.wasm"
 MiB = 1 << 20
@@ -200,7 +200,7 @@ HEADERS = b"Content-Type: text/plain\n\n"
 
 @pytest.fixture(scope="module")
 def wasmer() -> Engine:
-    from wagi.engines.wasmer_engine import WasmerEngine
+    from wagi.engines.wasmer import WasmerEngine
 
     return WasmerEngine()
 

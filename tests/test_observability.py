@@ -18,7 +18,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from wagi import settings
+from wagi.config import settings
 
 from .conftest import PROBE, ROOT, Server, env_lines, free_port, start_gunicorn, write_config
 from .nginx import nginx_in_front

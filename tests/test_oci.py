@@ -39,11 +39,11 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 from wagi.config import ConfigError, LocalModule, OciModule, load_config, parse_oci_reference
-from wagi.registry import AuthError, find_credentials, uses_plain_http
-from wagi.registry import Registry as WagiRegistry
-from wagi.settings import SettingsError
-from wagi.settings import load as load_settings
-from wagi.sources import SourceError, pull_modules, resolve_modules
+from wagi.config.registry import AuthError, find_credentials, uses_plain_http
+from wagi.config.registry import Registry as WagiRegistry
+from wagi.config.settings import SettingsError
+from wagi.config.settings import load as load_settings
+from wagi.config.sources import SourceError, pull_modules, resolve_modules
 
 from .conftest import ROOT, Server, free_port, start_gunicorn, write_config
 

@@ -17,7 +17,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 
 from wagi.config import ConfigError, load_config
-from wagi.outbound_http import HttpError, Origin, is_special_address
+from wagi.outbound.abi import HttpError
+from wagi.outbound.policy import Origin, is_special_address
 
 from .conftest import MODULES, Server, write_config
 

@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
 from tests.conftest import PROBE
-from wagi.cgi_request import HIDDEN_HEADERS, build_argv, cgi_variables, raw_path_and_query
-from wagi.cgi_response import (
+from wagi.cgi.request import HIDDEN_HEADERS, build_argv, cgi_variables, raw_path_and_query
+from wagi.cgi.response import (
     DROPPED_HEADERS,
     BadCgiResponse,
     CgiResponse,

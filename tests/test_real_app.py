@@ -20,7 +20,7 @@ import requests
 
 from wagi.config import load_config
 from wagi.engines import engine_class
-from wagi.policy import refusals
+from wagi.execution.engine_choice import refusals
 
 from .conftest import ENGINES, ROOT, SAMPLES, Server, start_gunicorn
 

@@ -9,7 +9,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from wagi.gateway import SPOOL_ABOVE, read_body
+from wagi.server.body import SPOOL_ABOVE, read_body
 
 LIMIT = 3 * SPOOL_ABOVE
 

@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from wagi.config import load_config
-from wagi.policy import refusals
+from wagi.execution.engine_choice import refusals
 
 from .conftest import ENGINES, SAMPLES, Server, split_response, start_gunicorn, write_config
 
@@ -638,7 +638,7 @@ def test_build_sh_rebuilds_the_python_and_javascript_components(tmp_path: Path) 
     a freshly started interpreter), so a rebuild from the committed sources must *answer*
     exactly as the committed component does (COMPONENT_PROBES)."""
     from wagi.engines.base import Invocation, Preopen
-    from wagi.engines.wasmtime_engine import WasmtimeEngine
+    from wagi.engines.wasmtime.engine import WasmtimeEngine
 
     bin_dir = str(Path(sys.executable).parent)  # componentize-py, from the test extras
     result = subprocess.run(

@@ -21,7 +21,7 @@ import requests
 
 from wagi.config import ConfigError, Scratch, load_config
 from wagi.engines import engine_class
-from wagi.policy import choose_engine, refusals
+from wagi.execution.engine_choice import choose_engine, refusals
 
 from .conftest import ENGINES, MODULES, ROOT, Server, write_config
 
@@ -258,7 +258,7 @@ def test_wasmer_refuses_tmp_at_start_up(tmp_path: Path) -> None:
 @pytest.mark.skipif("wasmer" not in ENGINES, reason="wasmer does not import here")
 def test_wasmer_refuses_a_write_budget_it_cannot_enforce() -> None:
     from wagi.engines.base import EngineError, Invocation, Limits
-    from wagi.engines.wasmer_engine import WasmerEngine
+    from wagi.engines.wasmer import WasmerEngine
 
     engine = WasmerEngine()
     module = engine.load(FILES)

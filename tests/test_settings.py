@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from wagi import settings
-from wagi.cgi_request import ArgvTemplate, build_argv
+from wagi.cgi.request import ArgvTemplate, build_argv
+from wagi.config import settings
 from wagi.engines import ENGINE_NAMES, ENGINES, EngineName, engine_class, importable
 
 from .conftest import ROOT

@@ -2,8 +2,8 @@
 
 wasmer's WASI layer lets a module leave its mapped directories; with Linux Landlock
 each route with volumes runs on threads the kernel confines to that route's volumes
-(wagi.confined). On wasmtime every thread that runs modules is confined alike, to
-what all routes need (wagi.wall). The wasmer tests run where wasmer imports (the
+(wagi.execution.sites). On wasmtime every thread that runs modules is confined alike, to
+what all routes need (wagi.execution.wall). The wasmer tests run where wasmer imports (the
 CPython 3.10 leg); the wall itself is tested on every leg by tests/test_landlock.py.
 """
 
@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import ENGINES, MODULES, PROBE, ROOT, Server, start_gunicorn, write_config
 from tests.test_cli import wagi
-from wagi import landlock
+from wagi.execution import landlock
 
 pytestmark = pytest.mark.skipif(not landlock.availability().ok, reason=landlock.availability().why)
 needs_wasmer = pytest.mark.skipif(

@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from wagi.engines.base import Capabilities
-from wagi.policy import EngineChoice, worker_problem
+from wagi.execution.engine_choice import EngineChoice, worker_problem
 
 from .conftest import ENGINES, ROOT, Server, start_gunicorn, write_config
 
@@ -176,7 +176,7 @@ def kill_the_watchdog(server_factory: Callable[..., Server]) -> tuple[Server, in
     server = server_factory(PROBE_ROUTE, "wasmer", workers=1)
     assert server.get("/p?hdr&print=before").text == "before\n"
     [worker] = worker_pids(server)
-    [watchdog] = [c for c in children(worker) if "wagi.watchdog" in cmdline(c)]
+    [watchdog] = [c for c in children(worker) if "wagi.server.watchdog" in cmdline(c)]
     os.kill(watchdog, signal.SIGKILL)
     wait_for(lambda: dead(watchdog), "the watchdog to go")
     return server, worker, watchdog

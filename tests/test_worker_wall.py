@@ -4,7 +4,7 @@ A worker confines itself once it is prepared and then runs modules on the thread
 What the wall keeps out is checked here from the inside: a module is handed a preopen of the
 host's ``/`` that no configuration could give it, so only the kernel stands between it and
 the host's files. It runs in a fresh interpreter that builds its gateway as a worker does
-(``Gateway.create(..., confine=True)``): confining pytest's own thread would be for good.
+(``build_worker(..., confine=True)``): confining pytest's own thread would be for good.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PROBE, ROOT, write_config
-from wagi import landlock
+from wagi.execution import landlock
 
 pytestmark = pytest.mark.skipif(not landlock.availability().ok, reason="the kernel has no Landlock")
 
@@ -26,27 +26,27 @@ SCRIPT = textwrap.dedent(
     """
     import dataclasses, json, os, sys
     from pathlib import Path
-    from wagi import settings as wagi_settings
     from wagi.config import load_config
+    from wagi.config import settings as wagi_settings
     from wagi.engines.base import Preopen
-    from wagi.gateway import Gateway
+    from wagi.server.worker import build_worker
 
     settings = wagi_settings.load()
     tls_key = Path(sys.argv[1])
-    gateway = Gateway.create(
+    worker = build_worker(
         settings, load_config(settings.config), confine=True, secrets=[tls_key]
     )
-    assert gateway.sites.confined_here is not None, "the worker did not confine itself"
+    assert worker.sites.confined_here is not None, "the worker did not confine itself"
 
     def run(route, *operations, host_root=True):
-        match = gateway.table.match(route, None)
+        match = worker.table.match(route, None)
         handler = match.handler
-        module = gateway.loader.get(handler.entry.module)
+        module = worker.loader.get(handler.entry.module)
         invocation = handler.invocation([route, "hdr", *operations], {}, b"")
         if host_root:  # what no modules.toml can give: the host's / with no WASI confinement
             preopens = (*invocation.preopens, Preopen("/host", Path("/")))
             invocation = dataclasses.replace(invocation, preopens=preopens)
-        result = gateway.engine.run(module, invocation)
+        result = worker.engine.run(module, invocation)
         return result.stdout.decode(errors="replace").split("\\n\\n", 1)[-1]
 
     paths = json.loads(sys.argv[2])

@@ -29,16 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from wagi.engines.base import Engine, Invocation, Preopen
-from wagi.landlock import PathRule, restrict_current_thread
+from wagi.execution.landlock import PathRule, restrict_current_thread
 
 
 def create_engine(name: str) -> Engine:
     if name == "wasmer":
-        from wagi.engines.wasmer_engine import WasmerEngine
+        from wagi.engines.wasmer import WasmerEngine
 
         # Its WASI layer does not confine modules: here the wall below must do it alone.
         return WasmerEngine(unconfined_volumes=True)
-    from wagi.engines.wasmtime_engine import WasmtimeEngine
+    from wagi.engines.wasmtime.engine import WasmtimeEngine
 
     return WasmtimeEngine()
 

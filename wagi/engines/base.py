@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from wagi.outbound_http import OutboundPolicy
+    from wagi.outbound.policy import OutboundPolicy
 
 STDERR_LIMIT = 1 << 20
 """Bytes of a run's stderr kept for the log, on every engine: a hostile module must not
@@ -162,13 +162,14 @@ class Capabilities:
     streaming: bool = False
     """stdout reaches ``Invocation.stdout`` while the module runs (not only at its end)."""
     outbound_http: bool = False
-    """Binds the ``wasi_experimental_http`` host functions (:mod:`wagi.outbound_http`)."""
+    """Binds the ``wasi_experimental_http`` host functions (:mod:`wagi.outbound.abi`)."""
     write_budget: bool = False
-    """Enforces ``Limits.max_write`` (what bounds a scratch directory, :mod:`wagi.scratch`)."""
+    """Enforces ``Limits.max_write`` (what bounds a scratch directory,
+    :mod:`wagi.execution.scratch`)."""
     shared_io_threads: bool = False
     """Its WASI file I/O runs on process-wide helper threads, made by whichever thread first
     needed one and reused by every thread after it. Such threads carry their creator's
-    kernel confinement (:mod:`wagi.landlock`), not their caller's."""
+    kernel confinement (:mod:`wagi.execution.landlock`), not their caller's."""
     components: bool = False
     """Runs WASI 0.2 command components (``wasi:cli/run``) as well as core modules."""
 
