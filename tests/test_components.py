@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from wagi.config import load_config
-from wagi.engines import wasmtime_component
-from wagi.policy import choose_engine, refusals
+from wagi.engines.wasmtime import component as wasmtime_component
+from wagi.execution.engine_choice import choose_engine, refusals
 
 from .conftest import (
     ENGINES,
@@ -463,6 +463,7 @@ def test_wasmer_refuses_components_and_auto_picks_wasmtime(tmp_path: Path) -> No
 
 
 def test_the_wasmtime_c_api_is_the_one_wagi_was_written_for() -> None:
-    """wagi's component runs call wasmtime's C library directly (wasmtime_component.py):
-    setup.cfg pins the wasmtime range; this fails loudly if a symbol or a layout changed."""
+    """wagi's component runs call wasmtime's C library directly
+    (wagi/engines/wasmtime/component.py): setup.cfg pins the wasmtime range; this fails
+    loudly if a symbol or a layout changed."""
     wasmtime_component.check()

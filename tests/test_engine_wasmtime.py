@@ -790,7 +790,7 @@ def test_string_blocks_find_the_bytes_where_ctypes_does() -> None:
     and that the blocks handed to WASI hold exactly the strings."""
     import ctypes
 
-    from wagi.engines import wasmtime_engine
+    from wagi.engines.wasmtime import engine as wasmtime_engine
 
     assert wasmtime_engine._BYTES_DATA is not None, "this CPython lays bytes out otherwise"
     blob = b"some bytes " * 7
