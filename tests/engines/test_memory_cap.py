@@ -9,7 +9,6 @@ run the real clang-built probe under a limit on both engines.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import wasmtime
@@ -19,7 +18,8 @@ from wagi.engines.base import Engine, EngineError, Invocation, Limits
 from wagi.engines.memory_cap import PAGE_SIZE, MemoryCapError, cap_memory
 from wagi.engines.wasmtime_engine import WasmtimeEngine
 
-PROBE = Path(__file__).resolve().parent / "modules" / "probe.wasm"
+from ..support.servers import PROBE
+
 MiB = 1 << 20
 
 # A module with something of every kind around its memory: function, table,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ENGINES, MODULES, Server
-from tests.wat import WatModule
+from tests.support.servers import ENGINES, MODULES, Server
+from tests.support.wat import WatModule
 from wagi.engines import engine_class
 from wagi.engines.base import Ending, Engine, Invocation, Limits, Preopen
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from .conftest import Server
+from ..support.servers import Server
 
 CONFIG = """
 [[module]]

@@ -14,40 +14,19 @@ import requests
 
 from wagi import landlock
 
-from .conftest import (
+from ..support.servers import (
     ENGINES,
     PROBE,
     ROOT,
     free_port,
+    refused_start,
     samples_without_volumes,
     split_response,
     start_gunicorn,
+    wagi,
     wait_until_healthy,
     write_config,
 )
-
-
-def wagi(
-    *args: str, env: dict[str, str] | None = None, stdin: bytes = b""
-) -> subprocess.CompletedProcess[bytes]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("WAGI_")}
-    return subprocess.run(
-        [sys.executable, "-m", "wagi", *args],
-        cwd=ROOT,
-        env={**clean, **(env or {})},
-        input=stdin,
-        capture_output=True,
-        timeout=120,
-    )
-
-
-def refused_start(tmp_path: Path, config: Path, engine: str) -> str:
-    """Start gunicorn on a configuration it must refuse; its log, once it has exited."""
-    server = start_gunicorn(tmp_path, config, engine, wait=False)
-    assert server.process.wait(timeout=60) != 0
-    log = server.log()
-    assert "Booting worker" not in log
-    return log
 
 
 @pytest.mark.parametrize("command", ["serve", "run", "check"])

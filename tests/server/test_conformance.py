@@ -20,7 +20,7 @@ import pytest
 
 import wagi
 
-from .conftest import Server, env_lines, split_response
+from ..support.servers import Server, env_lines, split_response
 
 CONFIG = """
 [[module]]

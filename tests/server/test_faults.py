@@ -27,8 +27,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import PROBE, ROOT, Server, start_gunicorn, write_config
-from tests.wat import WatModule
+from tests.support.servers import PROBE, ROOT, Server, start_gunicorn, write_config
+from tests.support.wat import WatModule
+from tests.support.workers import wait_for, worker_pids
 
 HEAD = "Content-Type: text/plain\n\n"
 NOT_LOADED = b"500 Internal Server Error: the module could not be loaded\n"
@@ -36,13 +37,6 @@ ARTIFACT_MAGIC = b"wagi-artifact-1\n"
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def worker_pids(server: Server) -> set[int]:
-    out = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(server.process.pid)], capture_output=True, text=True
-    ).stdout
-    return {int(pid) for pid in out.split()}
 
 
 def socket_inodes(pid: int) -> set[int]:
@@ -95,13 +89,6 @@ def every_worker_ready(server: Server) -> None:
             seen.add(worker_serving(server, client))
             while client.recv(65536):
                 pass
-
-
-def wait_for(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting: {what}"
-        time.sleep(0.05)
 
 
 def get_ok(server: Server, path: str, expected: bytes, times: int = 6) -> None:

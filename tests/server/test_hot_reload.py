@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ENGINES, Server
-from tests.test_worker_faults import wait_for, worker_pids
+from tests.support.servers import ENGINES, Server
+from tests.support.workers import booted_workers, wait_for
 from wagi import landlock
 
 GOOD = """(module
@@ -87,9 +87,9 @@ def test_a_replaced_module_is_checked_like_at_start_up(
 
     # A worker that starts while the file is bad never had a good version: 500, as before.
     replace(module, NOT_WEBASSEMBLY)
-    [worker] = worker_pids(server)
+    [worker] = booted_workers(server.log())
     os.kill(worker, signal.SIGTERM)
-    wait_for(lambda: len(worker_pids(server)) == 2, "a new worker")
+    wait_for(lambda: len(booted_workers(server.log())) == 2, "a new worker")
     wait_for(lambda: server.get("/healthz").status_code == 200, "the new worker")
     r = server.get("/m")
     assert (r.status_code, r.text) == (

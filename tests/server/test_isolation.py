@@ -16,7 +16,7 @@ from wagi.config import load_config
 from wagi.engines import ENGINE_NAMES
 from wagi.policy import refusals
 
-from .conftest import ENGINES, Server, write_config
+from ..support.servers import ENGINES, Server, write_config
 
 VOLUME_CONFIG = """
 [[module]]
@@ -157,7 +157,7 @@ def test_a_memory_limit_below_the_starting_memory_stops_start_up(tmp_path: Path)
     import subprocess
     import sys
 
-    from .conftest import ROOT
+    from ..support.servers import ROOT
 
     fat = '(module (memory (export "memory") 300) (func (export "_start")))'
     (tmp_path / "fat.wat").write_text(fat)

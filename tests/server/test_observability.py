@@ -20,9 +20,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from wagi import settings
 
-from .conftest import PROBE, ROOT, Server, env_lines, free_port, start_gunicorn, write_config
-from .nginx import nginx_in_front
-from .test_cli import wagi
+from ..support.nginx import nginx_in_front
+from ..support.servers import (
+    PROBE,
+    ROOT,
+    Server,
+    env_lines,
+    free_port,
+    start_gunicorn,
+    wagi,
+    write_config,
+)
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 

@@ -19,7 +19,7 @@ import pytest
 from wagi.config import ConfigError, load_config
 from wagi.outbound_http import HttpError, Origin, is_special_address
 
-from .conftest import MODULES, Server, write_config
+from ..support.servers import MODULES, Server, write_config
 
 OUTBOUND = MODULES / "outbound.wasm"
 

@@ -9,7 +9,6 @@ configuration that does not check. Not one request may fail.
 from __future__ import annotations
 
 import http.client
-import re
 import signal
 import socket
 import threading
@@ -18,7 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .conftest import PROBE, Server, split_response, start_gunicorn, write_config
+from ..support.servers import PROBE, Server, split_response, start_gunicorn, write_config
+from ..support.workers import booted_workers, exited_workers
 
 WORKERS = 2
 # Safety bounds for the load: it normally stops long before either.
@@ -110,19 +110,19 @@ def port_of(server: Server) -> int:
     return int(server.url.rsplit(":", 1)[1])
 
 
-def live_workers(log: str) -> set[int]:
-    booted = {int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", log)}
-    exited = {int(pid) for pid in re.findall(r"Worker exiting \(pid: (\d+)\)", log)}
-    return booted - exited
+def live_workers(server: Server) -> set[int]:
+    """The workers booted and not exited, as the log says (not the process table)."""
+    log = server.log()
+    return set(booted_workers(log)) - exited_workers(log)
 
 
 def hup_and_wait_for_new_workers(server: Server) -> None:
     """HUP, then wait until every live worker was booted after it and the old ones are gone."""
-    before = {int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", server.log())}
+    before = set(booted_workers(server.log()))
     server.process.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 60
     while True:
-        live = live_workers(server.log())
+        live = live_workers(server)
         if len(live) == WORKERS and not live & before:
             return
         assert time.monotonic() < deadline, server.log()[-4000:]
@@ -149,7 +149,7 @@ def test_reloads_under_load_drop_nothing(tmp_path: Path, engine: str) -> None:
         load.wait_for(100)
 
         # 3. A configuration that does not check: refused, the workers of step 2 go on.
-        workers_before = live_workers(server.log())
+        workers_before = live_workers(server)
         config.write_text(config.read_text().replace(two.name, "missing.wat"))
         server.process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 60
@@ -168,7 +168,7 @@ def test_reloads_under_load_drop_nothing(tmp_path: Path, engine: str) -> None:
         assert set(last) == {"version two\n"}
         assert "wagi: reload refused, the workers keep the previous configuration" in server.log()
         assert "key 'module': module file 'missing.wat'" in server.log()
-        assert live_workers(server.log()) == workers_before
+        assert live_workers(server) == workers_before
         for _ in range(10):
             assert server.get("/greet").text == "version two\n"
         assert server.process.poll() is None

@@ -25,7 +25,7 @@ import requests
 from wagi.config import load_config
 from wagi.policy import refusals
 
-from .conftest import ENGINES, SAMPLES, Server, split_response, start_gunicorn, write_config
+from ..support.servers import ENGINES, SAMPLES, Server, split_response, start_gunicorn, write_config
 
 FORM = "application/x-www-form-urlencoded"
 

@@ -23,7 +23,7 @@ from wagi.config import ConfigError, Scratch, load_config
 from wagi.engines import engine_class
 from wagi.policy import choose_engine, refusals
 
-from .conftest import ENGINES, MODULES, ROOT, Server, write_config
+from ..support.servers import ENGINES, MODULES, ROOT, Server, write_config
 
 FILES = MODULES / "files.wasm"
 

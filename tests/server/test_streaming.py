@@ -11,15 +11,15 @@ import http.client
 import os
 import re
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server
-from tests.wat import WatModule
+from tests.support.servers import Server
+from tests.support.wat import WatModule
+from tests.support.workers import worker_pids
 
 HEAD = "Content-Type: text/plain\n\n"
 
@@ -51,13 +51,6 @@ def connect(server: Server) -> http.client.HTTPConnection:
 
 def raw_get(server: Server, path: str) -> bytes:
     return server.raw(f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode())
-
-
-def worker_pids(server: Server) -> list[int]:
-    out = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(server.process.pid)], capture_output=True, text=True
-    ).stdout
-    return [int(pid) for pid in out.split()]
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import Server, env_lines, start_gunicorn, wait_until_healthy, write_config
-from .nginx import self_signed_certificate
+from ..support.certificates import self_signed_certificate
+from ..support.servers import Server, env_lines, start_gunicorn, wait_until_healthy, write_config
 
 
 def start_tls_server(tmp: Path, engine: str, config_body: str) -> tuple[Server, Path]:

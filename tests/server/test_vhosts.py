@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Server, write_config
-from .test_cli import refused_start, wagi
+from ..support.servers import Server, refused_start, wagi, write_config
 
 CONFIG = """\
 [[module]]

@@ -15,8 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ENGINES, MODULES, PROBE, ROOT, Server, start_gunicorn, write_config
-from tests.test_cli import wagi
+from tests.support.servers import (
+    ENGINES,
+    MODULES,
+    PROBE,
+    ROOT,
+    Server,
+    start_gunicorn,
+    wagi,
+    write_config,
+)
 from wagi import landlock
 
 pytestmark = pytest.mark.skipif(not landlock.availability().ok, reason=landlock.availability().why)

@@ -16,7 +16,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,9 @@ import requests
 from wagi.engines.base import Capabilities
 from wagi.policy import EngineChoice, worker_problem
 
-from .conftest import ENGINES, ROOT, Server, start_gunicorn, write_config
+from ..support.certificates import self_signed_certificate
+from ..support.servers import ENGINES, ROOT, Server, refused_start, write_config
+from ..support.workers import booted_workers, children, cmdline, dead, wait_for
 
 PROBE_ROUTE = '[[module]]\nroute = "/p"\nmodule = "{probe}"\n'
 UNFIT = (
@@ -44,48 +45,6 @@ TIMEOUT_ANSWER = (
 needs_wasmer = pytest.mark.skipif(
     "wasmer" not in ENGINES, reason="wasmer imports on the CPython 3.10 leg only"
 )
-
-
-def refused_start(tmp_path: Path, config: Path, engine: str, *args: str) -> str:
-    """Start gunicorn on settings it must refuse; its log, once it has exited."""
-    server = start_gunicorn(tmp_path, config, engine, gunicorn_args=args, wait=False)
-    try:
-        assert server.process.wait(timeout=60) != 0
-    finally:
-        server.stop()  # a server that did start must not outlive the test
-    log = server.log()
-    assert "Booting worker" not in log
-    return log
-
-
-def worker_pids(server: Server) -> list[int]:
-    return [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", server.log())]
-
-
-def children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(child) for child in f.read().split()]
-
-
-def dead(pid: int) -> bool:
-    """Gone, or a zombie its parent has not reaped yet."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-def cmdline(pid: int) -> str:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read().replace(b"\0", b" ").decode()
-
-
-def wait_for(condition: Callable[[], object], what: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.1)
 
 
 # -- 1. worker classes and threads an engine cannot serve ---------------------------------
@@ -164,7 +123,7 @@ def test_wasmtime_serves_the_gthread_worker(server_factory: Callable[..., Server
     for n in range(4):
         r = server.get(f"/p?hdr&print=turn{n}")
         assert (r.status_code, r.text) == (200, f"turn{n}\n")
-    assert worker_pids(server) == worker_pids(server)[:1]
+    assert booted_workers(server.log()) == booted_workers(server.log())[:1]
 
 
 # -- 2. a dead watchdog -------------------------------------------------------------------
@@ -175,7 +134,7 @@ def kill_the_watchdog(server_factory: Callable[..., Server]) -> tuple[Server, in
     the server, its worker's pid and the dead watchdog's."""
     server = server_factory(PROBE_ROUTE, "wasmer", workers=1)
     assert server.get("/p?hdr&print=before").text == "before\n"
-    [worker] = worker_pids(server)
+    [worker] = booted_workers(server.log())
     [watchdog] = [c for c in children(worker) if "wagi.watchdog" in cmdline(c)]
     os.kill(watchdog, signal.SIGKILL)
     wait_for(lambda: dead(watchdog), "the watchdog to go")
@@ -187,7 +146,7 @@ def test_a_worker_whose_watchdog_died_is_replaced(server_factory: Callable[..., 
     server, worker, watchdog = kill_the_watchdog(server_factory)
     # No request has to meet it: the worker notices on its own (SIGCHLD), says why, goes.
     wait_for(lambda: dead(worker), "the worker to go", seconds=15)
-    wait_for(lambda: len(worker_pids(server)) == 2, "a new worker")
+    wait_for(lambda: len(booted_workers(server.log())) == 2, "a new worker")
     # So every request from now on reaches a worker that can run modules: no 503 at all.
     answers = [server.get("/p?hdr&print=after") for _ in range(20)]
     assert [(r.status_code, r.text) for r in answers] == [(200, "after\n")] * 20
@@ -209,7 +168,7 @@ def test_the_watchdog_answers_the_gateways_own_504(server_factory: Callable[...,
     request_id = re.search(rb"\r\nX-Request-Id: ([0-9a-f]{32})\r\n", answer)
     assert request_id, answer
     assert answer.replace(b"\r\nX-Request-Id: " + request_id.group(1), b"") == TIMEOUT_ANSWER
-    wait_for(lambda: len(worker_pids(server)) == 2, "a new worker")
+    wait_for(lambda: len(booted_workers(server.log())) == 2, "a new worker")
     assert server.get("/p?hdr&print=after").text == "after\n"
 
 
@@ -250,17 +209,7 @@ def test_a_log_dir_that_fails_never_fails_a_request(
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
-            *("-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def tls_exchange(url: str, request: bytes) -> bytes:
@@ -292,14 +241,14 @@ def test_a_timeout_over_tls_closes_the_connection_cleanly(
         wait=False,
         gunicorn_args=("--certfile", str(cert), "--keyfile", str(key)),
     )
-    wait_for(lambda: worker_pids(server), "the worker")
+    wait_for(lambda: booted_workers(server.log()), "the worker")
     ok = b"GET /p?hdr&print=hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     wait_for(lambda: tls_exchange(server.url, ok).endswith(b"\r\n\r\nhello\n"), "TLS answers")
     # No plaintext 504 inside the TLS session (the client would see a TLS error): the
     # watchdog cannot speak TLS, so the connection just ends, as when gunicorn kills a worker.
     loop = b"GET /p?hdr&loop HTTP/1.1\r\nHost: x\r\n\r\n"
     assert tls_exchange(server.url, loop) == b""
-    wait_for(lambda: len(worker_pids(server)) == 2, "a new worker")
+    wait_for(lambda: len(booted_workers(server.log())) == 2, "a new worker")
     assert tls_exchange(server.url, ok).endswith(b"\r\n\r\nhello\n")
     assert (
         "[/p] timed out after 0.5s and the engine cannot interrupt it: closed the TLS "
@@ -321,8 +270,8 @@ def test_a_worker_whose_engine_broke_is_replaced(server_factory: Callable[..., S
     )
     r = server.get("/p?hdr&print=hi")
     assert (r.status_code, r.text) == (503, UNFIT)
-    [first, *_] = worker_pids(server)
-    wait_for(lambda: len(worker_pids(server)) >= 2, "a new worker")
+    [first, *_] = booted_workers(server.log())
+    wait_for(lambda: len(booted_workers(server.log())) >= 2, "a new worker")
     wait_for(lambda: server.get("/healthz").status_code == 200, "the new worker")
     log = server.log()
     assert (
@@ -372,13 +321,13 @@ def test_a_worker_whose_transient_folder_was_removed_is_replaced(
     so it is replaced, and the new worker makes a folder of its own."""
     server = server_factory(PROBE_ROUTE, engine, workers=1)
     assert server.get("/p?hdr&print=hi").text == "hi\n"
-    [worker] = worker_pids(server)
+    [worker] = booted_workers(server.log())
     folder = Path(tempfile.gettempdir()) / f"wagi-scratch-{os.getuid()}" / f"w{worker}"
     assert folder.is_dir()
     shutil.rmtree(folder)
     r = server.get("/p?hdr&print=hi")
     assert (r.status_code, r.text) == (503, UNFIT)
-    wait_for(lambda: len(worker_pids(server)) == 2, "a new worker")
+    wait_for(lambda: len(booted_workers(server.log())) == 2, "a new worker")
     wait_for(lambda: server.get("/healthz").status_code == 200, "the new worker")
     body = b"x" * (2 << 20)  # spooled, into the new worker's folder
     r = server.post("/p?hdr&cat", data=body)

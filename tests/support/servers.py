@@ -1,4 +1,7 @@
-"""Fixtures that start real gunicorn servers running real modules on real engines."""
+"""Real gunicorn servers running real modules on real engines, and the paths tests share.
+
+The pytest fixtures built on these (``engine``, ``server_factory``) are in ``tests/conftest.py``.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +13,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 import requests
 
 from wagi.config import load_config
 from wagi.engines import importable
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODULES = ROOT / "tests" / "modules"
 SAMPLES = ROOT / "samples"
 PROBE = MODULES / "probe.wasm"
@@ -147,6 +148,33 @@ def start_gunicorn(
     return server
 
 
+def refused_start(tmp_path: Path, config: Path, engine: str, *args: str) -> str:
+    """Start gunicorn (with ``args``) on what it must refuse; its log, once it has exited."""
+    server = start_gunicorn(tmp_path, config, engine, gunicorn_args=args, wait=False)
+    try:
+        assert server.process.wait(timeout=60) != 0
+    finally:
+        server.stop()  # a server that did start must not outlive the test
+    log = server.log()
+    assert "Booting worker" not in log
+    return log
+
+
+def wagi(
+    *args: str, env: dict[str, str] | None = None, stdin: bytes = b""
+) -> subprocess.CompletedProcess[bytes]:
+    """``python -m wagi ARGS`` from the repository root, without the caller's ``WAGI_*``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WAGI_")}
+    return subprocess.run(
+        [sys.executable, "-m", "wagi", *args],
+        cwd=ROOT,
+        env={**clean, **(env or {})},
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+    )
+
+
 def write_config(directory: Path, body: str) -> Path:
     """Write a modules.toml; ``{probe}``, ``{modules}`` and ``{samples}`` are expanded."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -179,29 +207,6 @@ def samples_without_volumes(directory: Path) -> Path:
     path = directory / "modules.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-@pytest.fixture(params=ENGINES, scope="module")
-def engine(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(scope="module")
-def server_factory(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[..., Server]]:
-    servers: list[Server] = []
-
-    def factory(config_body: str, engine: str, **kwargs: object) -> Server:
-        tmp = tmp_path_factory.mktemp("server")
-        config = write_config(tmp, config_body)
-        server = start_gunicorn(tmp, config, engine, **kwargs)  # type: ignore[arg-type]
-        servers.append(server)
-        return server
-
-    yield factory
-    for server in servers:
-        server.stop()
 
 
 def split_response(raw: bytes) -> tuple[bytes, bytes]:

@@ -1,6 +1,6 @@
 """Run modules on real engines in threads confined by the kernel wall, in a fresh process.
 
-``python -m tests.wall_scenario SPEC_JSON`` prints a JSON list: for each thread of the
+``python -m tests.support.wall_scenario SPEC_JSON`` prints a JSON list: for each thread of the
 spec, in order, the stdout of each of its runs (or ``"RAISED <message>"``).
 
 A fresh process per scenario, because both engines keep process-wide state that a

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from .conftest import Server, start_gunicorn
-from .nginx import nginx_in_front
-from .test_samples import GUESTBOOK_ENGINES, guestbook_config
+from ..server.test_samples import GUESTBOOK_ENGINES, guestbook_config
+from ..support.nginx import nginx_in_front
+from ..support.servers import Server, start_gunicorn
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # No sandbox (root in CI), and nothing that reaches for the network on its own: this machine

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, env_lines
+from ..support.servers import ROOT, env_lines
 
 README = ROOT / "deploy" / "README.md"
 UNITS = ROOT / "deploy" / "systemd"

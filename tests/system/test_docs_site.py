@@ -11,7 +11,7 @@ import pytest
 from wagi.config import MODULE_KEYS, ConfigError, module_keys_table, parse_config
 from wagi.settings import reference_table
 
-from .conftest import PROBE, ROOT
+from ..support.servers import PROBE, ROOT
 
 pytest.importorskip("mkdocs")
 

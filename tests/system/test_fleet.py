@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from .conftest import PROBE, ROOT, Server, env_lines, free_port, start_gunicorn
-from .nginx import main_config, start_nginx
-from .wat import WatModule
+from ..support.nginx import main_config, start_nginx
+from ..support.servers import PROBE, ROOT, Server, env_lines, free_port, start_gunicorn
+from ..support.wat import WatModule
 
 SITE = ROOT / "deploy" / "fleet" / "wagi-fleet.conf"
 ROLL = ROOT / "deploy" / "fleet" / "roll.py"

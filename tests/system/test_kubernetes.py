@@ -32,7 +32,7 @@ import pytest
 import requests
 import yaml
 
-from .conftest import ROOT, SAMPLES, free_port
+from ..support.servers import ROOT, SAMPLES, free_port
 
 try:
     import tomllib

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import Server, env_lines, free_port, start_gunicorn, write_config
-from .nginx import (
+from ..support.nginx import (
     Nginx,
     check_config,
     main_config,
@@ -23,6 +22,7 @@ from .nginx import (
     self_signed_certificate,
     start_nginx,
 )
+from ..support.servers import Server, env_lines, free_port, start_gunicorn, write_config
 
 MIB = 1024**2
 

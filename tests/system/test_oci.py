@@ -45,7 +45,8 @@ from wagi.settings import SettingsError
 from wagi.settings import load as load_settings
 from wagi.sources import SourceError, pull_modules, resolve_modules
 
-from .conftest import ROOT, Server, free_port, start_gunicorn, write_config
+from ..support.servers import ROOT, Server, free_port, start_gunicorn, write_config
+from ..support.workers import worker_pids
 
 REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 HTPASSWD_BIN = shutil.which("htpasswd") or "/usr/bin/htpasswd"
@@ -873,11 +874,6 @@ def test_registry_down_a_digest_pin_starts_from_the_cache_a_tag_does_not(
     )
 
 
-def worker_pids(master: int) -> set[int]:
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    return {int(pid) for pid in children}
-
-
 def test_a_moved_tag_is_served_after_a_reload_and_not_before(
     registry: Registry, tmp_path: Path, engine: str
 ) -> None:
@@ -899,11 +895,11 @@ def test_a_moved_tag_is_served_after_a_reload_and_not_before(
         second = push(tmp_path, v2, reference)
         # The tag moved, but nothing pulls it mid-flight: not even a worker that
         # gunicorn starts again in between.
-        before = worker_pids(server.process.pid)
+        before = worker_pids(server)
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while len(worker_pids(server.process.pid) - {victim}) < 2:
+        while len(worker_pids(server) - {victim}) < 2:
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.1)
         for _ in range(8):
@@ -914,7 +910,7 @@ def test_a_moved_tag_is_served_after_a_reload_and_not_before(
         while server.get("/live").text != f"version 2 on {engine}\n":
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.2)
-        while worker_pids(server.process.pid) & before:  # the old workers are gone
+        while worker_pids(server) & before:  # the old workers are gone
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.2)
         for _ in range(8):

@@ -22,7 +22,7 @@ from wagi.config import load_config
 from wagi.engines import engine_class
 from wagi.policy import refusals
 
-from .conftest import ENGINES, ROOT, SAMPLES, Server, start_gunicorn
+from ..support.servers import ENGINES, ROOT, SAMPLES, Server, start_gunicorn
 
 YOSYS_DIR = SAMPLES / "yosys"
 CONFIG = SAMPLES / "yosys.toml"

@@ -9,7 +9,7 @@ import pytest
 from wagi.cgi_request import ArgvTemplate
 from wagi.config import ConfigError, LocalModule, Volume, load_config, load_env_file
 
-from .conftest import PROBE
+from ..support.servers import PROBE
 
 
 def write(tmp_path: Path, text: str) -> Path:

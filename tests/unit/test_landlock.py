@@ -34,7 +34,7 @@ from wagi.landlock import (
 )
 from wagi.wall import plan_walls
 
-from .conftest import ENGINES, MODULES, PROBE, ROOT
+from ..support.servers import ENGINES, MODULES, PROBE, ROOT
 
 AVAILABLE = availability()
 pytestmark = pytest.mark.skipif(not AVAILABLE.ok, reason=f"no Landlock here: {AVAILABLE.why}")
@@ -396,10 +396,10 @@ WASI_EPERM = "ERR 63\n"
 
 
 def scenario(engine_name: str, modules: list[Path], threads: list[dict[str, Any]]) -> list[Any]:
-    """Each thread's outputs, run by ``tests.wall_scenario`` in a fresh process."""
+    """Each thread's outputs, run by ``tests.support.wall_scenario`` in a fresh process."""
     spec = {"engine": engine_name, "modules": [str(m) for m in modules], "threads": threads}
     done = subprocess.run(
-        [sys.executable, "-m", "tests.wall_scenario", json.dumps(spec)],
+        [sys.executable, "-m", "tests.support.wall_scenario", json.dumps(spec)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
-from tests.conftest import PROBE
+from tests.support.servers import PROBE
 from wagi.cgi_request import HIDDEN_HEADERS, build_argv, cgi_variables, raw_path_and_query
 from wagi.cgi_response import (
     DROPPED_HEADERS,

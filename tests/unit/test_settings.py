@@ -13,7 +13,7 @@ from wagi import settings
 from wagi.cgi_request import ArgvTemplate, build_argv
 from wagi.engines import ENGINE_NAMES, ENGINES, EngineName, engine_class, importable
 
-from .conftest import ROOT
+from ..support.servers import ROOT
 
 
 def parse(argv: list[str], environ: dict[str, str] | None = None) -> settings.ServerSettings:
