@@ -34,36 +34,12 @@ from wagi.engines.wasmer_engine import (  # noqa: E402
     WasmerModule,
 )
 
-W = '"wasi_snapshot_preview1"'
-IMPORTS = f"""
-  (import {W} "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (import {W} "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
-  (import {W} "proc_exit" (func $proc_exit (param i32)))
-  (import {W} "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
-  (import {W} "args_get" (func $args_get (param i32 i32) (result i32)))
-  (import {W} "environ_sizes_get" (func $environ_sizes_get (param i32 i32) (result i32)))
-  (import {W} "environ_get" (func $environ_get (param i32 i32) (result i32)))
-  (import {W} "fd_prestat_get" (func $fd_prestat_get (param i32 i32) (result i32)))
-  (import {W} "fd_prestat_dir_name" (func $fd_prestat_dir_name (param i32 i32 i32) (result i32)))
-  (memory (export "memory") 17)
-"""
-HELPERS = """
-  ;; write(fd, ptr, len) as one iovec at 0
-  (func $write (param $fd i32) (param $ptr i32) (param $len i32)
-    (i32.store (i32.const 0) (local.get $ptr))
-    (i32.store (i32.const 4) (local.get $len))
-    (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
-  ;; read up to $len bytes of stdin to 65536 with one fd_read; returns the count
-  (func $read (param $len i32) (result i32)
-    (i32.store (i32.const 0) (i32.const 65536))
-    (i32.store (i32.const 4) (local.get $len))
-    (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
-    (i32.load (i32.const 8)))
-"""
+from ..support.wat import module_text  # noqa: E402
 
 
 def wat(body: str, data: str = "") -> str:
-    return f"(module {IMPORTS} {data} {HELPERS} {body})"
+    """A module of 17 pages with the shared WASI imports and helpers; ``data`` as written."""
+    return module_text(body, pages=17, raw=data)
 
 
 def flood_wat(fd: int, extra_funcs: str = "", extra_data: str = "") -> str:

@@ -25,52 +25,7 @@ from wagi.engines.base import (
 from wagi.engines.cache import ArtifactCache
 from wagi.engines.wasmtime_engine import WasmtimeEngine
 
-IMPORTS = """
-  (import "wasi_snapshot_preview1" "fd_write"
-    (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_read"
-    (func $fd_read (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
-  (import "wasi_snapshot_preview1" "args_sizes_get"
-    (func $args_sizes_get (param i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "environ_sizes_get"
-    (func $environ_sizes_get (param i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "environ_get"
-    (func $environ_get (param i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "path_open"
-    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "poll_oneoff"
-    (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "clock_time_get"
-    (func $clock_time_get (param i32 i64 i32) (result i32)))
-"""
-
-HELPERS = """
-  ;; Scratch area: 0..1023. One iovec at 0, nwritten at 8.
-  (func $write (param $fd i32) (param $ptr i32) (param $len i32) (result i32)
-    (i32.store (i32.const 0) (local.get $ptr))
-    (i32.store (i32.const 4) (local.get $len))
-    (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8)))
-  (func $print (param $ptr i32) (param $len i32)
-    (drop (call $write (i32.const 1) (local.get $ptr) (local.get $len))))
-  ;; Sleep on the monotonic clock via poll_oneoff (subscription at 64, event at 128).
-  (func $sleep (param $ns i64)
-    (i64.store (i32.const 64) (i64.const 0))
-    (i32.store8 (i32.const 72) (i32.const 0))
-    (i32.store (i32.const 80) (i32.const 1))
-    (i64.store (i32.const 88) (local.get $ns))
-    (i64.store (i32.const 96) (i64.const 0))
-    (i32.store16 (i32.const 104) (i32.const 0))
-    (drop (call $poll_oneoff (i32.const 64) (i32.const 128) (i32.const 1) (i32.const 160))))
-  (func $now (result i64)
-    (drop (call $clock_time_get (i32.const 1) (i64.const 1) (i32.const 168)))
-    (i64.load (i32.const 168)))
-"""
-
-
-def wat_bytes(data: bytes) -> str:
-    return "".join(f"\\{byte:02x}" for byte in data)
+from ..support.wat import module_text
 
 
 def make_module(
@@ -81,16 +36,9 @@ def make_module(
     pages: int = 1,
     name: str = "module",
 ) -> Path:
-    """Write a WAT module with the WASI imports and helpers above; data segments at offsets."""
-    segments = "".join(
-        f'  (data (i32.const {offset}) "{wat_bytes(value)}")\n'
-        for offset, value in (data or {}).items()
-    )
-    text = (
-        f'(module\n{IMPORTS}\n  (memory (export "memory") {pages})\n{segments}{HELPERS}\n{body})\n'
-    )
+    """Write a WAT module with the shared WASI imports and helpers; data segments at offsets."""
     path = tmp_path / f"{name}.wat"
-    path.write_text(text)
+    path.write_text(module_text(body, data=data, pages=pages))
     return path
 
 
@@ -482,7 +430,7 @@ def test_stderr_is_capped(engine: WasmtimeEngine, tmp_path: Path) -> None:
     body = """
       (func (export "_start")
         ;; 2 MiB of zeros to stderr in one write; the module checks nwritten
-        (drop (call $write (i32.const 2) (i32.const 65536) (i32.const 2097152)))
+        (drop (call $write_fd (i32.const 2) (i32.const 65536) (i32.const 2097152)))
         (if (i32.ne (i32.load (i32.const 8)) (i32.const 2097152))
           (then (call $proc_exit (i32.const 4))))
         (call $print (i32.const 1024) (i32.const 2)))
@@ -522,7 +470,8 @@ def fs_module(tmp_path: Path, op: str, target: str, *, follow: bool = True) -> P
     else:
         oflags, rights = O_CREAT_TRUNC, RIGHT_FD_WRITE
         then = """
-          (local.set $err (call $write (i32.load (i32.const 256)) (i32.const 2048) (i32.const 7)))
+          (local.set $err
+            (call $write_fd (i32.load (i32.const 256)) (i32.const 2048) (i32.const 7)))
           (if (local.get $err) (then (call $proc_exit (local.get $err))))
           (if (i32.ne (i32.load (i32.const 8)) (i32.const 7))
             (then (call $proc_exit (i32.const 200))))

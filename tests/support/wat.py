@@ -9,26 +9,59 @@ which writes happen and when::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 WASI = "wasi_snapshot_preview1"
 
-_IMPORTS = f"""
-  (import "{WASI}" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (import "{WASI}" "clock_time_get" (func $clock_time_get (param i32 i64 i32) (result i32)))
-  (import "{WASI}" "proc_exit" (func $proc_exit (param i32)))
-  (import "{WASI}" "fd_renumber" (func $fd_renumber (param i32 i32) (result i32)))
-  (import "{WASI}" "path_open"
-    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
-"""
+_SIGNATURES = {
+    "fd_write": "(param i32 i32 i32 i32) (result i32)",
+    "fd_read": "(param i32 i32 i32 i32) (result i32)",
+    "proc_exit": "(param i32)",
+    "args_sizes_get": "(param i32 i32) (result i32)",
+    "args_get": "(param i32 i32) (result i32)",
+    "environ_sizes_get": "(param i32 i32) (result i32)",
+    "environ_get": "(param i32 i32) (result i32)",
+    "fd_prestat_get": "(param i32 i32) (result i32)",
+    "fd_prestat_dir_name": "(param i32 i32 i32) (result i32)",
+    "fd_renumber": "(param i32 i32) (result i32)",
+    "path_open": "(param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)",
+    "poll_oneoff": "(param i32 i32 i32 i32) (result i32)",
+    "clock_time_get": "(param i32 i64 i32) (result i32)",
+}
+IMPORTS = "".join(
+    f'  (import "{WASI}" "{name}" (func ${name} {signature}))\n'
+    for name, signature in _SIGNATURES.items()
+)
+"""Every WASI function the test modules call, each as ``$name``."""
 
-_HELPERS = """
-  ;; One iovec at 0, nwritten at 8; results at 16.
+HELPERS = """
+  ;; Scratch area: 0..255. One iovec at 0, nwritten (or nread) at 8.
   (func $write_fd (param $fd i32) (param $ptr i32) (param $len i32) (result i32)
     (i32.store (i32.const 0) (local.get $ptr))
     (i32.store (i32.const 4) (local.get $len))
     (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8)))
+  (func $write (param $fd i32) (param $ptr i32) (param $len i32)
+    (drop (call $write_fd (local.get $fd) (local.get $ptr) (local.get $len))))
+  (func $print (param $ptr i32) (param $len i32)
+    (drop (call $write_fd (i32.const 1) (local.get $ptr) (local.get $len))))
+  ;; Read up to $len bytes of stdin to 65536 with one fd_read; returns the count.
+  (func $read (param $len i32) (result i32)
+    (i32.store (i32.const 0) (i32.const 65536))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.load (i32.const 8)))
+  ;; Sleep on the monotonic clock via poll_oneoff (subscription at 64, event at 128).
+  (func $sleep (param $ns i64)
+    (i64.store (i32.const 64) (i64.const 0))
+    (i32.store8 (i32.const 72) (i32.const 0))
+    (i32.store (i32.const 80) (i32.const 1))
+    (i64.store (i32.const 88) (local.get $ns))
+    (i64.store (i32.const 96) (i64.const 0))
+    (i32.store16 (i32.const 104) (i32.const 0))
+    (drop (call $poll_oneoff (i32.const 64) (i32.const 128) (i32.const 1) (i32.const 160))))
   (func $now (result i64)
-    (drop (call $clock_time_get (i32.const 1) (i64.const 1) (i32.const 16)))
-    (i64.load (i32.const 16)))
+    (drop (call $clock_time_get (i32.const 1) (i64.const 1) (i32.const 168)))
+    (i64.load (i32.const 168)))
   ;; Spin (no host call) for $ms milliseconds: computing, as far as the host can tell.
   (func $busy (param $ms i64) (local $end i64)
     (local.set $end (i64.add (call $now) (i64.mul (local.get $ms) (i64.const 1000000))))
@@ -41,6 +74,7 @@ _HELPERS = """
       (local.set $ptr (i32.add (local.get $ptr) (i32.const 8)))
       (br_if $more (i32.lt_u (local.get $ptr) (local.get $end)))))
 """
+"""Functions the test modules share; they use the scratch area below 256."""
 
 FLOOD_AT = 1 << 20
 """Where :meth:`WatModule.flood` keeps its buffer of 'x' (1 MiB in)."""
@@ -49,6 +83,21 @@ FLOOD_AT = 1 << 20
 def wat_bytes(data: bytes) -> str:
     """``b"hi"`` -> ``\\68\\69``, a WAT string literal's body."""
     return "".join(f"\\{byte:02x}" for byte in data)
+
+
+def module_text(
+    body: str, *, pages: int = 1, data: Mapping[int, bytes] | None = None, raw: str = ""
+) -> str:
+    """A module: :data:`IMPORTS`, a memory of ``pages``, ``data`` segments at their offsets,
+    ``raw`` fields as written, :data:`HELPERS`, then ``body`` (its functions, ``_start``)."""
+    segments = "".join(
+        f'  (data (i32.const {offset}) "{wat_bytes(value)}")\n'
+        for offset, value in (data or {}).items()
+    )
+    return (
+        f'(module\n{IMPORTS}  (memory (export "memory") {pages})\n{segments}{raw}\n'
+        f"{HELPERS}\n{body})\n"
+    )
 
 
 class WatModule:
@@ -120,12 +169,6 @@ class WatModule:
         return self
 
     def text(self) -> str:
-        segments = "".join(
-            f'  (data (i32.const {offset}) "{wat_bytes(data)}")\n' for offset, data in self.data
-        )
         body = "\n    ".join(self.steps)
-        return (
-            f'(module\n{_IMPORTS}\n  (memory (export "memory") {self.pages})\n{segments}'
-            f"{_HELPERS}\n"
-            f'  (func (export "_start") (local $n i32) (local $err i32)\n    {body}))\n'
-        )
+        start = f'  (func (export "_start") (local $n i32) (local $err i32)\n    {body})'
+        return module_text(start, pages=self.pages, data=dict(self.data))
