@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from .certificates import self_signed_certificate
-from .servers import ROOT, Server, free_port
+from .servers import ROOT, Server, free_port, stop_process
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SITE = ROOT / "deploy" / "nginx" / "wagi.conf"
@@ -91,13 +91,7 @@ class Nginx:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, signal.SIGQUIT, timeout=10)
 
 
 def start_nginx(conf: Path, health_url: str, *, verify: bool | str = True) -> Nginx:

@@ -45,7 +45,7 @@ from wagi.settings import SettingsError
 from wagi.settings import load as load_settings
 from wagi.sources import SourceError, pull_modules, resolve_modules
 
-from ..support.servers import ROOT, Server, free_port, start_gunicorn, write_config
+from ..support.servers import ROOT, Server, free_port, start_gunicorn, stop_process, write_config
 from ..support.workers import worker_pids
 
 REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
@@ -153,13 +153,7 @@ class Registry:
         )
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def start_registry(tmp: Path, extra: str = "", scheme: str = "http") -> Registry:
