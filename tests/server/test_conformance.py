@@ -170,7 +170,7 @@ def test_full_environment_exact(server: Server) -> None:
     env = env_lines(body.decode())
     port = env.pop("REMOTE_PORT")
     assert port.isdigit()
-    request_id = env.pop("X_REQUEST_ID")  # generated: tests/test_observability.py
+    request_id = env.pop("X_REQUEST_ID")  # generated: tests/server/test_observability.py
     assert head["x-request-id"] == [request_id]
     assert env == {
         "AUTH_TYPE": "Basic",

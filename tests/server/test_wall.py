@@ -4,7 +4,7 @@ wasmer's WASI layer lets a module leave its mapped directories; with Linux Landl
 each route with volumes runs on threads the kernel confines to that route's volumes
 (wagi.confined). On wasmtime every thread that runs modules is confined alike, to
 what all routes need (wagi.wall). The wasmer tests run where wasmer imports (the
-CPython 3.10 leg); the wall itself is tested on every leg by tests/test_landlock.py.
+CPython 3.10 leg); the wall itself is tested on every leg by tests/unit/test_landlock.py.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def test_absolute_paths_past_wasmers_wasi_layer_meet_the_wall(
     walled: tuple[Server, Path], target: str
 ) -> None:
     """escaper.wat hands an absolute host path straight to path_open, which wasmer's own
-    WASI layer would follow (tests/test_landlock.py shows it does without the wall)."""
+    WASI layer would follow (tests/unit/test_landlock.py shows it does without the wall)."""
     server, root = walled
     path = target.replace("OTHER", str(root / "other")).replace("ROOT", str(root))
     read = server.get(f"/esc?x&3&r&{path}")
@@ -168,7 +168,7 @@ def test_every_route_keeps_its_own_volume_run_after_run(
     """Two routes, two volumes, served in turn by one worker.
 
     On wasmtime the WASI file I/O of every route runs on the same helper threads: walls
-    per route would refuse the second route its own volume (tests/test_landlock.py), so
+    per route would refuse the second route its own volume (tests/unit/test_landlock.py), so
     every run shares one wall, and each route still sees only its own volume.
     """
     for name in ("a", "b"):

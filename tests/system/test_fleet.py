@@ -4,7 +4,7 @@ Every instance is its own gunicorn master (a TCP port or a unix socket, its own 
 and cache, as if on its own host). Under a load of keep-alive clients, one instance is killed
 outright (master and workers, SIGKILL) and a new module version is rolled across the fleet
 with deploy/fleet/roll.py; the clients must not see one failure. The figures (requests,
-failures, requests per second) are printed: ``pytest -s tests/test_fleet.py``.
+failures, requests per second) are printed: ``pytest -s tests/system/test_fleet.py``.
 """
 
 from __future__ import annotations
