@@ -10,7 +10,7 @@ Prints, for each engine that imports here:
   unconfined thread and in a thread confined to that volume. The two kinds of
   thread alternate three times, each with its own engine, so drift hits both.
   (wasmtime does its file I/O on threads the first callers created, see
-  ``tests/test_landlock.py``: its "confined" figure is the caller's cost.)
+  ``tests/unit/test_landlock.py``: its "confined" figure is the caller's cost.)
 
 Figures are medians of rounds of ``--runs`` runs; compare them within one run.
 """

@@ -60,7 +60,7 @@ for path in (str(ROOT), str(BENCH)):
 
 from run import HOST, Server, memory_kib, percentile  # noqa: E402
 
-from tests.wat import WatModule  # noqa: E402
+from tests.support.wat import WatModule  # noqa: E402
 from wagi.engines import ENGINE_NAMES, importable  # noqa: E402
 
 PROBE = ROOT / "tests" / "modules" / "probe.wasm"

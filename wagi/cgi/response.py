@@ -11,9 +11,9 @@ For streaming, :func:`split_head` finds the end of the header block in the
 first bytes a module writes, and :func:`parse_head` turns it into a status and
 headers before the body is complete::
 
-    >>> split_head(b"Content-Type: text/plain\n\nfirst line")
-    (b'Content-Type: text/plain\n', b'first line')
-    >>> split_head(b"Content-Type: text/plain\n") is None
+    >>> split_head(b"Content-Type: text/plain\\n\\nfirst line")
+    (b'Content-Type: text/plain\\n', b'first line')
+    >>> split_head(b"Content-Type: text/plain\\n") is None
     True
 
 The rules (docs/cgi.md, 'The response'): headers end at the first empty line, LF or CRLF;
