@@ -19,7 +19,7 @@ How a run goes, and why:
   components), instantiate, call ``run``, drop the Store.
 - stdout and stderr are *custom streams*: wasmtime calls :func:`_stream_write` with each
   write's bytes, on the thread running the guest. stdout goes through the core run's
-  :meth:`_Run.deliver <wagi.engineswagi.engines.wasmtime.engine._Run.deliver>` (the output limit,
+  :meth:`_Run.deliver <wagi.engines.wasmtime.run._Run.deliver>` (the output limit,
   streaming to ``Invocation.stdout``, a sink), exactly as a core module's ``fd_write``
   does; stderr is kept up to :data:`~.base.STDERR_LIMIT`.
 - A stop decided in a write (output too large, client gone) cannot trap there: the
@@ -61,9 +61,11 @@ from wagi.engines.base import (
     RunResult,
 )
 from wagi.engines.wasmtime import capi
+from wagi.engines.wasmtime.run import _Run, _Stop
+from wagi.engines.wasmtime.wasi import _set_wasi, _wasi_config
 
 if TYPE_CHECKING:
-    from wagi.engines.wasmtime.engine import WasmtimeEngine, _Run
+    from wagi.engines.wasmtime.engine import WasmtimeEngine
 
 __all__ = ["ComponentModule", "ComponentRunner", "import_problem"]
 
@@ -285,8 +287,6 @@ def _stream_write(data: int, buffer: int, length: int) -> int:
             streams.stderr += ctypes.string_at(buffer, keep)
         streams.stderr_dropped += length - keep
         return length
-    from wagi.engines.wasmtime.engine import _Stop
-
     try:
         run.check_deadline()
         if length:
@@ -402,8 +402,6 @@ class ComponentRunner:
     # -- running -----------------------------------------------------------------------
 
     def run(self, module: ComponentModule, invocation: Invocation) -> RunResult:
-        from wagi.engines.wasmtime.engine import _Run, _set_wasi, _wasi_config
-
         owner = self._owner
         if module._run_ptr is None:
             raise EngineError(f"{module.path}: the component exports no {RUN_INTERFACE}")
