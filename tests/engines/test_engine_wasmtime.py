@@ -694,8 +694,11 @@ def test_unknown_or_unusable_entrypoint(engine: WasmtimeEngine, tmp_path: Path) 
     module = engine.load(make_module(tmp_path, HELLO + body, data={1024: b"hello\n"}))
     with pytest.raises(EngineError, match="no exported function 'nope'"):
         engine.run(module, Invocation(entrypoint="nope"))
-    with pytest.raises(EngineError, match="takes parameters"):
+    with pytest.raises(EngineError, match="exported function 'takes_args' takes parameters"):
         engine.run(module, Invocation(entrypoint="takes_args"))
+    component = engine.load(Path(__file__).parents[2] / "samples" / "env.component.wasm")
+    with pytest.raises(EngineError, match="a component runs as a whole; it has no export 'nope'"):
+        engine.run(component, Invocation(entrypoint="nope"))
 
 
 def test_module_of_another_engine_is_refused(engine: WasmtimeEngine, tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ from wagi.engines.base import (
     Limits,
     LoadedModule,
     RunResult,
+    stderr_with_cap_note,
 )
 from wagi.engines.wasmtime import capi
 from wagi.engines.wasmtime.run import _Run, _Stop
@@ -240,6 +241,7 @@ class ComponentModule(LoadedModule):
         self.exports = frozenset({"_start"})
         """A component has one way in: it answers to the default entrypoint, ``_start``
         (one that is no command is refused by :meth:`ComponentRunner.prepare`, saying so)."""
+        self.entrypoints = self.exports
         self._run_index = run_index
         self._component_ptr = ctypes.cast(component.ptr(), c_void_p).value
         self._run_ptr = ctypes.cast(run_index.ptr(), c_void_p).value if run_index else None
@@ -405,11 +407,7 @@ class ComponentRunner:
         owner = self._owner
         if module._run_ptr is None:
             raise EngineError(f"{module.path}: the component exports no {RUN_INTERFACE}")
-        if invocation.entrypoint != "_start":
-            raise EngineError(
-                f"{module.path}: a component runs as a whole; it has no export "
-                f"{invocation.entrypoint!r}"
-            )
+        owner.check_entrypoint(module, invocation.entrypoint)
         limits = invocation.limits
         if limits.max_write is not None:
             raise EngineError(f"{module.path}: {NO_WRITE_BUDGET}")
@@ -421,7 +419,7 @@ class ComponentRunner:
         try:
             clock_origin_ns = time.monotonic_ns()
             wasi = _wasi_config(module.path, invocation)
-            deadline = None if limits.timeout is None else time.monotonic() + limits.timeout
+            deadline = limits.deadline()
             run = _Run(owner, ctx, invocation, deadline, clock_origin_ns)
             streams = _Streams(run)
             key = id(streams)
@@ -450,9 +448,7 @@ class ComponentRunner:
                 owner._ticker.end_run()
             _ACTIVE.pop(key, None)
             lib.wasmtime_store_delete(store)
-        stderr = bytes(streams.stderr)
-        if streams.stderr_dropped:
-            stderr += b"\n[wagi: %d more bytes of stderr dropped]\n" % streams.stderr_dropped
+        stderr = stderr_with_cap_note(bytes(streams.stderr), streams.stderr_dropped)
         return RunResult(
             ending=ending,
             stdout=bytes(run.stdout),

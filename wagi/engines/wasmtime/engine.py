@@ -69,6 +69,7 @@ from wagi.engines.base import (
     RunResult,
     is_component,
     read_module,
+    stderr_with_cap_note,
 )
 from wagi.engines.cache import ArtifactCache, content_hash
 from wagi.engines.wasmtime import capi
@@ -128,7 +129,7 @@ class WasmtimeModule(LoadedModule):
             if isinstance(export.type, wasmtime.FuncType)
         }
         self.exports = frozenset(functions)
-        self._callable = frozenset(name for name, ty in functions.items() if not ty.params)
+        self.entrypoints = frozenset(name for name, ty in functions.items() if not ty.params)
         """Exports with no parameters: the only kind a CGI run can call."""
 
     def __repr__(self) -> str:
@@ -162,7 +163,7 @@ class WasmtimeEngine(Engine):
         pooling: bool = True,
     ) -> None:
         """Create the wasmtime engine. Call this in a worker, never in the gunicorn master."""
-        self._cache = cache
+        super().__init__(cache)
         self._version = importlib.metadata.version("wasmtime")
         config = wasmtime.Config()
         config.epoch_interruption = True
@@ -336,10 +337,7 @@ class WasmtimeEngine(Engine):
         entrypoint = invocation.entrypoint
         if module._pre_ptr is None:
             raise EngineError(f"{module.path}: cannot instantiate: {module._link_error}")
-        if entrypoint not in module.exports:
-            raise EngineError(f"{module.path}: no exported function {entrypoint!r}")
-        if entrypoint not in module._callable:
-            raise EngineError(f"{module.path}: exported function {entrypoint!r} takes parameters")
+        self.check_entrypoint(module, entrypoint)
 
         limits = invocation.limits
         store = lib.wasmtime_store_new(self._engine_ptr, None, capi.NO_FINALIZER)
@@ -350,9 +348,7 @@ class WasmtimeEngine(Engine):
             _configure_wasi(ctx, module.path, invocation)
             if limits.max_memory is not None:
                 lib.wasmtime_store_limiter(store, limits.max_memory, -1, -1, -1, -1)
-            deadline: float | None = None
-            if limits.timeout is not None:
-                deadline = time.monotonic() + limits.timeout
+            deadline = limits.deadline()
             if deadline is not None or invocation.stdout is not None:
                 # Every tick: the deadline checked, the sink ticked (see _Run.on_tick).
                 lib.wasmtime_store_epoch_deadline_callback(
@@ -375,9 +371,7 @@ class WasmtimeEngine(Engine):
             if timed:
                 self._ticker.end_run()
             lib.wasmtime_store_delete(store)
-        stderr = bytes(run.stderr)
-        if run.stderr_dropped:
-            stderr += b"\n[wagi: %d more bytes of stderr dropped]\n" % run.stderr_dropped
+        stderr = stderr_with_cap_note(bytes(run.stderr), run.stderr_dropped)
         if run.outbound is not None:
             stderr += run.outbound.report()
         return RunResult(
@@ -405,7 +399,7 @@ class WasmtimeEngine(Engine):
                 raise EngineError(f"{module.path}: cannot instantiate: {_one_line(message)}")
             return outcome
         names = [entrypoint]
-        if entrypoint != "_start" and "_initialize" in module._callable:
+        if entrypoint != "_start" and "_initialize" in module.entrypoints:
             names.insert(0, "_initialize")
         function = capi.Extern()
         for name in names:
