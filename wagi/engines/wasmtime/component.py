@@ -52,17 +52,15 @@ import wasmtime.component
 from wasmtime import _ffi
 
 from wagi.engines.base import (
-    STDERR_LIMIT,
     Ending,
     EngineError,
     Invocation,
     Limits,
     LoadedModule,
     RunResult,
-    stderr_with_cap_note,
 )
 from wagi.engines.wasmtime import capi
-from wagi.engines.wasmtime.run import _Run, _Stop
+from wagi.engines.wasmtime.run import _one_line, _outcome, _Run, _Stop
 from wagi.engines.wasmtime.wasi import _set_wasi, _wasi_config
 
 if TYPE_CHECKING:
@@ -255,19 +253,8 @@ class ComponentModule(LoadedModule):
 # -- the runner --------------------------------------------------------------------------
 
 
-class _Streams:
-    """One run's stdout (the core run's sink) and stderr (capped), for the stream callback."""
-
-    __slots__ = ("run", "stderr", "stderr_dropped")
-
-    def __init__(self, run: _Run) -> None:
-        self.run = run
-        self.stderr = bytearray()
-        self.stderr_dropped = 0
-
-
-_ACTIVE: dict[int, _Streams] = {}
-"""Runs in progress, by the key their WASI streams carry (``id`` of their :class:`_Streams`)."""
+_ACTIVE: dict[int, _Run] = {}
+"""Runs in progress, by the key their WASI streams carry (the ``id`` of their :class:`_Run`)."""
 
 _STDOUT_KEY_BIT = 1
 """The low bit of a stream's data pointer: set for stdout, clear for stderr."""
@@ -277,17 +264,13 @@ _STDOUT_KEY_BIT = 1
 def _stream_write(data: int, buffer: int, length: int) -> int:
     """wasmtime's custom-stream write: every byte accepted, or a negative errno."""
     key = data or 0
-    streams = _ACTIVE.get(key & ~_STDOUT_KEY_BIT)
-    if streams is None:
+    run = _ACTIVE.get(key & ~_STDOUT_KEY_BIT)
+    if run is None:
         return -errno.EBADF
-    run = streams.run
     if run.stopped is not None:
         return -errno.EIO
     if not key & _STDOUT_KEY_BIT:
-        keep = max(0, min(length, STDERR_LIMIT - len(streams.stderr)))
-        if keep:
-            streams.stderr += ctypes.string_at(buffer, keep)
-        streams.stderr_dropped += length - keep
+        run.keep_stderr(buffer, length)
         return length
     try:
         run.check_deadline()
@@ -413,7 +396,6 @@ class ComponentRunner:
             raise EngineError(f"{module.path}: {NO_WRITE_BUDGET}")
         store = lib.wasmtime_store_new(owner._engine_ptr, None, capi.NO_FINALIZER)
         ctx = lib.wasmtime_store_context(store)
-        streams: _Streams | None = None
         key = 0
         ticking = False
         try:
@@ -421,9 +403,8 @@ class ComponentRunner:
             wasi = _wasi_config(module.path, invocation)
             deadline = limits.deadline()
             run = _Run(owner, ctx, invocation, deadline, clock_origin_ns)
-            streams = _Streams(run)
-            key = id(streams)
-            _ACTIVE[key] = streams
+            key = id(run)
+            _ACTIVE[key] = run
             _lib.wasi_config_set_stdout_custom(
                 wasi, _stream_write, key | _STDOUT_KEY_BIT, capi.NO_FINALIZER
             )
@@ -448,15 +429,7 @@ class ComponentRunner:
                 owner._ticker.end_run()
             _ACTIVE.pop(key, None)
             lib.wasmtime_store_delete(store)
-        stderr = stderr_with_cap_note(bytes(streams.stderr), streams.stderr_dropped)
-        return RunResult(
-            ending=ending,
-            stdout=bytes(run.stdout),
-            stderr=stderr,
-            exit_code=exit_code,
-            detail=detail,
-            stdout_bytes=run.written,
-        )
+        return run.result(ending, exit_code, detail)
 
     def _call(self, module: ComponentModule, ctx: int, run: _Run) -> tuple[Ending, int, str]:
         """Instantiate and call ``run``; how it ended as (ending, exit code, detail)."""
@@ -465,7 +438,7 @@ class ComponentRunner:
             self._linker_ptr, ctx, module._component_ptr, byref(instance)
         )
         if error:
-            outcome = _outcome(run, error)
+            outcome = _outcome(run, error, None)
             if outcome is None:
                 message = capi.take_message(lib.wasmtime_error_message, error)
                 lib.wasmtime_error_delete(error)
@@ -479,7 +452,7 @@ class ComponentRunner:
         result = ComponentVal()
         error = _lib.wasmtime_component_func_call(byref(func), ctx, None, 0, byref(result), 1)
         if error:
-            outcome = _outcome(run, error)
+            outcome = _outcome(run, error, None)
             if outcome is None:
                 message = capi.take_message(lib.wasmtime_error_message, error)
                 lib.wasmtime_error_delete(error)
@@ -494,29 +467,6 @@ class ComponentRunner:
         if failed:
             return Ending.EXITED, 1, f"{module.command} returned an error (exit code 1)"
         return Ending.RETURNED, 0, ""
-
-
-def _outcome(run: _Run, error: int) -> tuple[Ending, int, str] | None:
-    """An exit, or a stop wagi decided, as (ending, exit code, detail); ``None`` otherwise.
-
-    Components report traps as errors too: ``None`` leaves the error to the caller.
-    """
-    code = ctypes.c_int()
-    if lib.wasmtime_error_exit_status(error, byref(code)):
-        lib.wasmtime_error_delete(error)
-        if run.stopped is not None:
-            return run.stopped, 0, run.detail
-        if code.value == 0:
-            return Ending.RETURNED, 0, ""
-        return Ending.EXITED, code.value, f"exit code {code.value}"
-    if run.stopped is not None:
-        lib.wasmtime_error_delete(error)
-        return run.stopped, 0, run.detail
-    return None
-
-
-def _one_line(message: str) -> str:
-    return " ".join(message.split())
 
 
 def configure_pooling(pool: int) -> None:

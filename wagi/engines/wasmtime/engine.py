@@ -69,7 +69,6 @@ from wagi.engines.base import (
     RunResult,
     is_component,
     read_module,
-    stderr_with_cap_note,
 )
 from wagi.engines.cache import ArtifactCache, content_hash
 from wagi.engines.wasmtime import capi
@@ -371,17 +370,7 @@ class WasmtimeEngine(Engine):
             if timed:
                 self._ticker.end_run()
             lib.wasmtime_store_delete(store)
-        stderr = stderr_with_cap_note(bytes(run.stderr), run.stderr_dropped)
-        if run.outbound is not None:
-            stderr += run.outbound.report()
-        return RunResult(
-            ending=ending,
-            stdout=bytes(run.stdout),
-            stderr=stderr,
-            exit_code=exit_code,
-            detail=detail,
-            stdout_bytes=run.written,
-        )
+        return run.result(ending, exit_code, detail)
 
     def _call(self, run: _Run, module: WasmtimeModule, entrypoint: str) -> tuple[Ending, int, str]:
         """Instantiate and call; how it ended as (ending, exit code, detail)."""

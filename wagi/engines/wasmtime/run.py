@@ -22,6 +22,8 @@ from wagi.engines.base import (
     Invocation,
     OutputGone,
     OutputTimedOut,
+    RunResult,
+    stderr_with_cap_note,
 )
 from wagi.engines.wasmtime import capi
 from wagi.outbound.abi import OutboundSession
@@ -231,11 +233,7 @@ class _Run:
                     self.deliver(base + pairs[i], pairs[i + 1])
         else:
             for i in range(0, 2 * count, 2):
-                length = pairs[i + 1]
-                keep = max(0, min(length, STDERR_LIMIT - len(self.stderr)))
-                if keep:
-                    self.stderr += ctypes.string_at(base + pairs[i], keep)
-                self.stderr_dropped += length - keep
+                self.keep_stderr(base + pairs[i], pairs[i + 1])
         ctypes.c_uint32.from_address(base + nwritten).value = total
         return 0
 
@@ -260,6 +258,29 @@ class _Run:
         if over:
             raise _Stop(Ending.OUTPUT_TOO_LARGE)
 
+    def keep_stderr(self, address: int, length: int) -> None:
+        """Keep ``length`` stderr bytes at ``address`` within :data:`STDERR_LIMIT`; count
+        the rest as dropped."""
+        keep = max(0, min(length, STDERR_LIMIT - len(self.stderr)))
+        if keep:
+            self.stderr += ctypes.string_at(address, keep)
+        self.stderr_dropped += length - keep
+
+    def result(self, ending: Ending, exit_code: int, detail: str) -> RunResult:
+        """What the run gave, once it ended: its stdout (what the sink did not take), its
+        stderr with the cap's note and the outbound HTTP report."""
+        stderr = stderr_with_cap_note(bytes(self.stderr), self.stderr_dropped)
+        if self.outbound is not None:
+            stderr += self.outbound.report()
+        return RunResult(
+            ending=ending,
+            stdout=bytes(self.stdout),
+            stderr=stderr,
+            exit_code=exit_code,
+            detail=detail,
+            stdout_bytes=self.written,
+        )
+
     def on_tick(self) -> None:
         """Every epoch tick while the guest computes: the deadline, and the sink's tick."""
         now = time.monotonic()
@@ -279,7 +300,8 @@ class _Run:
 def _outcome(run: _Run, error: int | None, trap: int | None) -> tuple[Ending, int, str] | None:
     """An exit or a trap as (ending, exit code, detail); ``None`` for any other error.
 
-    Takes ownership of ``trap``; leaves a non-exit ``error`` to the caller.
+    Takes ownership of ``trap``; leaves a non-exit ``error`` to the caller (a component
+    reports its traps as errors, so for it that ``None`` may be a trap).
     """
     if error:
         code = c_int()
