@@ -115,10 +115,7 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
 
 _lib = ctypes.CDLL(_ffi.dll._name)
 """A handle of our own for these prototypes (wasmtime-py's calls keep their declarations)."""
-for _name, (_restype, _argtypes) in _PROTOTYPES.items():
-    _function = getattr(_lib, _name)
-    _function.restype = _restype
-    _function.argtypes = _argtypes
+capi.declare(_lib, _PROTOTYPES)
 
 _SIZES = {
     "wasmtime_component_instance_t": (ComponentInstance, 16),
@@ -129,14 +126,7 @@ _SIZES = {
 
 def check() -> None:
     """Raise ImportError if this wasmtime library is not the one this file was written for."""
-    missing = [name for name in _PROTOTYPES if not hasattr(_lib, name)]
-    if missing:
-        raise ImportError(f"the wasmtime C library lacks {', '.join(missing)}")
-    for name, (struct, size) in _SIZES.items():
-        if ctypes.sizeof(struct) != size:
-            raise ImportError(
-                f"wasmtime's {name} is {ctypes.sizeof(struct)} bytes, wagi expects {size}"
-            )
+    capi.check_library(_lib, _PROTOTYPES, _SIZES)
     if _RESULT != 19:
         raise ImportError(f"wasmtime's WASMTIME_COMPONENT_RESULT is {_RESULT}, wagi expects 19")
 
