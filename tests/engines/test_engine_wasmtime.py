@@ -694,8 +694,11 @@ def test_unknown_or_unusable_entrypoint(engine: WasmtimeEngine, tmp_path: Path) 
     module = engine.load(make_module(tmp_path, HELLO + body, data={1024: b"hello\n"}))
     with pytest.raises(EngineError, match="no exported function 'nope'"):
         engine.run(module, Invocation(entrypoint="nope"))
-    with pytest.raises(EngineError, match="takes parameters"):
+    with pytest.raises(EngineError, match="exported function 'takes_args' takes parameters"):
         engine.run(module, Invocation(entrypoint="takes_args"))
+    component = engine.load(Path(__file__).parents[2] / "samples" / "env.component.wasm")
+    with pytest.raises(EngineError, match="a component runs as a whole; it has no export 'nope'"):
+        engine.run(component, Invocation(entrypoint="nope"))
 
 
 def test_module_of_another_engine_is_refused(engine: WasmtimeEngine, tmp_path: Path) -> None:
@@ -739,16 +742,16 @@ def test_string_blocks_find_the_bytes_where_ctypes_does() -> None:
     and that the blocks handed to WASI hold exactly the strings."""
     import ctypes
 
-    from wagi.engines.wasmtime import engine as wasmtime_engine
+    from wagi.engines.wasmtime import wasi as wasmtime_wasi
 
-    assert wasmtime_engine._BYTES_DATA is not None, "this CPython lays bytes out otherwise"
+    assert wasmtime_wasi._BYTES_DATA is not None, "this CPython lays bytes out otherwise"
     blob = b"some bytes " * 7
     address = ctypes.cast(blob, ctypes.c_void_p).value
-    assert id(blob) + wasmtime_engine._BYTES_DATA == address
-    keep, array_address, count = wasmtime_engine._string_block(["A=1", "", "é ü", "last"])
+    assert id(blob) + wasmtime_wasi._BYTES_DATA == address
+    keep, array_address, count = wasmtime_wasi._string_block(["A=1", "", "é ü", "last"])
     assert count == 4
     pointers = (ctypes.c_char_p * 4).from_address(array_address)
     assert [p.decode() for p in pointers] == ["A=1", "", "é ü", "last"]
     with pytest.raises(ValueError, match="NUL"):
-        wasmtime_engine._string_block(["fine", "not\0fine"])
+        wasmtime_wasi._string_block(["fine", "not\0fine"])
     del keep

@@ -22,7 +22,7 @@ def make_engine(name: str) -> Engine:
         # The wasmer engine maps volumes only for experiments like this one (wagi refuses
         # them there: its WASI layer does not confine a module).
         return engine_class(name)(unconfined_volumes=True)  # type: ignore[call-arg]
-    return engine_class(name)()  # type: ignore[call-arg]
+    return engine_class(name)()
 
 
 @pytest.fixture(params=ENGINES)

@@ -108,4 +108,4 @@ def create_engine(
     ``on_lookup`` is told of each artifact-cache lookup (see :class:`ArtifactCache`).
     """
     cls = engine_class(name)
-    return cls(cache=ArtifactCache(cache_dir, on_lookup))  # type: ignore[call-arg]
+    return cls(cache=ArtifactCache(cache_dir, on_lookup))

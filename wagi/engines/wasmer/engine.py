@@ -88,6 +88,7 @@ from wagi.engines.base import (
     RunResult,
     is_component,
     read_module,
+    stderr_with_cap_note,
 )
 from wagi.engines.cache import ArtifactCache, content_hash
 from wagi.engines.memory_cap import MemoryCapError, cap_memory
@@ -182,6 +183,7 @@ class WasmerModule(LoadedModule):
     """Whether it imports ``wasi_experimental_http`` (outbound HTTP)."""
     renumbers: bool = False
     """Whether it imports WASI's ``fd_renumber`` (its stdout may move to another fd)."""
+    entrypoints: frozenset[str] = frozenset()
 
 
 class WasmerEngine(Engine):
@@ -210,6 +212,9 @@ class WasmerEngine(Engine):
         outbound_http=True,
     )
 
+    _cache: ArtifactCache
+    """Never ``None`` here: a cache without a directory stands in for none."""
+
     def __init__(self, cache: ArtifactCache | None = None, *, unconfined_volumes: bool = False):
         """``unconfined_volumes`` lets :meth:`run` map directories anyway.
 
@@ -218,7 +223,7 @@ class WasmerEngine(Engine):
         """
         self._wasmer, self._compiler = _import_wasmer()
         ensure_std_fds()
-        self._cache = cache or ArtifactCache(None)
+        super().__init__(cache or ArtifactCache(None))
         self._unconfined_volumes = unconfined_volumes
         self._scrubber: Any = None
         # Opened now, not at the first run: a thread confined by the kernel wall after
@@ -285,6 +290,7 @@ class WasmerEngine(Engine):
         return WasmerModule(
             path=path,
             exports=frozenset(params),
+            entrypoints=frozenset(name for name, count in params.items() if not count),
             digest=digest,
             store=store,
             module=module,
@@ -399,19 +405,14 @@ class WasmerEngine(Engine):
         if self._poisoned:
             raise EngineBroken(self._poisoned)
         entry = invocation.entrypoint
-        if entry not in module.params:
-            raise EngineError(f"{module.path}: no exported function {entry!r}")
-        if module.params[entry]:
-            raise EngineError(f"{module.path}: export {entry!r} takes parameters")
+        self.check_entrypoint(module, entry)
         limits = invocation.limits
         compiled = self._limited(module, limits.max_memory)
         fds = self._fds if (module.renumbers or invocation.preopens) else None
         imports = self._wasi_imports(module, compiled.store, invocation, fds)
         http: HttpBinding | None = None
         if module.imports_http:
-            deadline = None
-            if limits.timeout is not None:
-                deadline = time.monotonic() + max(limits.timeout - OUTBOUND_MARGIN, 0.0)
+            deadline = limits.deadline(OUTBOUND_MARGIN)
             http = self._http
             http.start(OutboundSession(invocation.outbound or DENY_ALL, deadline))
             imports.register(IMPORT_MODULE, self._http_imports(compiled.store))
@@ -594,9 +595,7 @@ class WasmerEngine(Engine):
     def _stderr(fd: int) -> bytes:
         written = os.lseek(fd, 0, os.SEEK_CUR)
         data = read_prefix(fd, min(written, STDERR_LIMIT))
-        if written > STDERR_LIMIT:
-            data += b"\n[wagi: stderr truncated at %d bytes]\n" % STDERR_LIMIT
-        return data
+        return stderr_with_cap_note(data, max(written - STDERR_LIMIT, 0))
 
     @contextmanager
     def _stdio(self, stdin_fd: int, stdout_fd: int, stderr_fd: int) -> Iterator[None]:

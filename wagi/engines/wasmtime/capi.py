@@ -118,10 +118,16 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "wasmtime_pooling_allocation_config_delete": (None, [c_void_p]),
 }
 
-for _name, (_restype, _argtypes) in _PROTOTYPES.items():
-    _function = getattr(lib, _name)
-    _function.restype = _restype
-    _function.argtypes = _argtypes
+
+def declare(handle: ctypes.CDLL, prototypes: dict[str, tuple[Any, list[Any]]]) -> None:
+    """Give ``handle``'s functions their result and argument types."""
+    for name, (restype, argtypes) in prototypes.items():
+        function = getattr(handle, name)
+        function.restype = restype
+        function.argtypes = argtypes
+
+
+declare(lib, _PROTOTYPES)
 
 # The layouts wagi relies on (wasmtime.h of wasmtime 50): a check, not a guess.
 _SIZES = {
@@ -134,10 +140,20 @@ _SIZES = {
 
 def check() -> None:
     """Raise ImportError if this wasmtime library is not the one wagi was built against."""
-    missing = [name for name in _PROTOTYPES if not hasattr(lib, name)]
+    check_library(lib, _PROTOTYPES, _SIZES)
+
+
+def check_library(
+    handle: ctypes.CDLL,
+    prototypes: dict[str, tuple[Any, list[Any]]],
+    sizes: dict[str, tuple[Any, int]],
+) -> None:
+    """Raise ImportError if ``handle`` lacks one of ``prototypes`` or one of the structures
+    in ``sizes`` is not the size wagi expects."""
+    missing = [name for name in prototypes if not hasattr(handle, name)]
     if missing:
         raise ImportError(f"the wasmtime C library lacks {', '.join(missing)}")
-    for name, (struct, size) in _SIZES.items():
+    for name, (struct, size) in sizes.items():
         if ctypes.sizeof(struct) != size:
             raise ImportError(
                 f"wasmtime's {name} is {ctypes.sizeof(struct)} bytes, wagi expects {size}"

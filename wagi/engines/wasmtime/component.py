@@ -19,7 +19,7 @@ How a run goes, and why:
   components), instantiate, call ``run``, drop the Store.
 - stdout and stderr are *custom streams*: wasmtime calls :func:`_stream_write` with each
   write's bytes, on the thread running the guest. stdout goes through the core run's
-  :meth:`_Run.deliver <wagi.engineswagi.engines.wasmtime.engine._Run.deliver>` (the output limit,
+  :meth:`_Run.deliver <wagi.engines.wasmtime.run._Run.deliver>` (the output limit,
   streaming to ``Invocation.stdout``, a sink), exactly as a core module's ``fd_write``
   does; stderr is kept up to :data:`~.base.STDERR_LIMIT`.
 - A stop decided in a write (output too large, client gone) cannot trap there: the
@@ -52,7 +52,6 @@ import wasmtime.component
 from wasmtime import _ffi
 
 from wagi.engines.base import (
-    STDERR_LIMIT,
     Ending,
     EngineError,
     Invocation,
@@ -61,9 +60,11 @@ from wagi.engines.base import (
     RunResult,
 )
 from wagi.engines.wasmtime import capi
+from wagi.engines.wasmtime.run import _one_line, _outcome, _Run, _Stop
+from wagi.engines.wasmtime.wasi import _set_wasi, _wasi_config
 
 if TYPE_CHECKING:
-    from wagi.engines.wasmtime.engine import WasmtimeEngine, _Run
+    from wagi.engines.wasmtime.engine import WasmtimeEngine
 
 __all__ = ["ComponentModule", "ComponentRunner", "import_problem"]
 
@@ -114,10 +115,7 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
 
 _lib = ctypes.CDLL(_ffi.dll._name)
 """A handle of our own for these prototypes (wasmtime-py's calls keep their declarations)."""
-for _name, (_restype, _argtypes) in _PROTOTYPES.items():
-    _function = getattr(_lib, _name)
-    _function.restype = _restype
-    _function.argtypes = _argtypes
+capi.declare(_lib, _PROTOTYPES)
 
 _SIZES = {
     "wasmtime_component_instance_t": (ComponentInstance, 16),
@@ -128,14 +126,7 @@ _SIZES = {
 
 def check() -> None:
     """Raise ImportError if this wasmtime library is not the one this file was written for."""
-    missing = [name for name in _PROTOTYPES if not hasattr(_lib, name)]
-    if missing:
-        raise ImportError(f"the wasmtime C library lacks {', '.join(missing)}")
-    for name, (struct, size) in _SIZES.items():
-        if ctypes.sizeof(struct) != size:
-            raise ImportError(
-                f"wasmtime's {name} is {ctypes.sizeof(struct)} bytes, wagi expects {size}"
-            )
+    capi.check_library(_lib, _PROTOTYPES, _SIZES)
     if _RESULT != 19:
         raise ImportError(f"wasmtime's WASMTIME_COMPONENT_RESULT is {_RESULT}, wagi expects 19")
 
@@ -238,6 +229,7 @@ class ComponentModule(LoadedModule):
         self.exports = frozenset({"_start"})
         """A component has one way in: it answers to the default entrypoint, ``_start``
         (one that is no command is refused by :meth:`ComponentRunner.prepare`, saying so)."""
+        self.entrypoints = self.exports
         self._run_index = run_index
         self._component_ptr = ctypes.cast(component.ptr(), c_void_p).value
         self._run_ptr = ctypes.cast(run_index.ptr(), c_void_p).value if run_index else None
@@ -251,19 +243,8 @@ class ComponentModule(LoadedModule):
 # -- the runner --------------------------------------------------------------------------
 
 
-class _Streams:
-    """One run's stdout (the core run's sink) and stderr (capped), for the stream callback."""
-
-    __slots__ = ("run", "stderr", "stderr_dropped")
-
-    def __init__(self, run: _Run) -> None:
-        self.run = run
-        self.stderr = bytearray()
-        self.stderr_dropped = 0
-
-
-_ACTIVE: dict[int, _Streams] = {}
-"""Runs in progress, by the key their WASI streams carry (``id`` of their :class:`_Streams`)."""
+_ACTIVE: dict[int, _Run] = {}
+"""Runs in progress, by the key their WASI streams carry (the ``id`` of their :class:`_Run`)."""
 
 _STDOUT_KEY_BIT = 1
 """The low bit of a stream's data pointer: set for stdout, clear for stderr."""
@@ -273,20 +254,14 @@ _STDOUT_KEY_BIT = 1
 def _stream_write(data: int, buffer: int, length: int) -> int:
     """wasmtime's custom-stream write: every byte accepted, or a negative errno."""
     key = data or 0
-    streams = _ACTIVE.get(key & ~_STDOUT_KEY_BIT)
-    if streams is None:
+    run = _ACTIVE.get(key & ~_STDOUT_KEY_BIT)
+    if run is None:
         return -errno.EBADF
-    run = streams.run
     if run.stopped is not None:
         return -errno.EIO
     if not key & _STDOUT_KEY_BIT:
-        keep = max(0, min(length, STDERR_LIMIT - len(streams.stderr)))
-        if keep:
-            streams.stderr += ctypes.string_at(buffer, keep)
-        streams.stderr_dropped += length - keep
+        run.keep_stderr(buffer, length)
         return length
-    from wagi.engines.wasmtime.engine import _Stop
-
     try:
         run.check_deadline()
         if length:
@@ -402,32 +377,24 @@ class ComponentRunner:
     # -- running -----------------------------------------------------------------------
 
     def run(self, module: ComponentModule, invocation: Invocation) -> RunResult:
-        from wagi.engines.wasmtime.engine import _Run, _set_wasi, _wasi_config
-
         owner = self._owner
         if module._run_ptr is None:
             raise EngineError(f"{module.path}: the component exports no {RUN_INTERFACE}")
-        if invocation.entrypoint != "_start":
-            raise EngineError(
-                f"{module.path}: a component runs as a whole; it has no export "
-                f"{invocation.entrypoint!r}"
-            )
+        owner.check_entrypoint(module, invocation.entrypoint)
         limits = invocation.limits
         if limits.max_write is not None:
             raise EngineError(f"{module.path}: {NO_WRITE_BUDGET}")
         store = lib.wasmtime_store_new(owner._engine_ptr, None, capi.NO_FINALIZER)
         ctx = lib.wasmtime_store_context(store)
-        streams: _Streams | None = None
         key = 0
         ticking = False
         try:
             clock_origin_ns = time.monotonic_ns()
             wasi = _wasi_config(module.path, invocation)
-            deadline = None if limits.timeout is None else time.monotonic() + limits.timeout
+            deadline = limits.deadline()
             run = _Run(owner, ctx, invocation, deadline, clock_origin_ns)
-            streams = _Streams(run)
-            key = id(streams)
-            _ACTIVE[key] = streams
+            key = id(run)
+            _ACTIVE[key] = run
             _lib.wasi_config_set_stdout_custom(
                 wasi, _stream_write, key | _STDOUT_KEY_BIT, capi.NO_FINALIZER
             )
@@ -452,17 +419,7 @@ class ComponentRunner:
                 owner._ticker.end_run()
             _ACTIVE.pop(key, None)
             lib.wasmtime_store_delete(store)
-        stderr = bytes(streams.stderr)
-        if streams.stderr_dropped:
-            stderr += b"\n[wagi: %d more bytes of stderr dropped]\n" % streams.stderr_dropped
-        return RunResult(
-            ending=ending,
-            stdout=bytes(run.stdout),
-            stderr=stderr,
-            exit_code=exit_code,
-            detail=detail,
-            stdout_bytes=run.written,
-        )
+        return run.result(ending, exit_code, detail)
 
     def _call(self, module: ComponentModule, ctx: int, run: _Run) -> tuple[Ending, int, str]:
         """Instantiate and call ``run``; how it ended as (ending, exit code, detail)."""
@@ -471,7 +428,7 @@ class ComponentRunner:
             self._linker_ptr, ctx, module._component_ptr, byref(instance)
         )
         if error:
-            outcome = _outcome(run, error)
+            outcome = _outcome(run, error, None)
             if outcome is None:
                 message = capi.take_message(lib.wasmtime_error_message, error)
                 lib.wasmtime_error_delete(error)
@@ -485,7 +442,7 @@ class ComponentRunner:
         result = ComponentVal()
         error = _lib.wasmtime_component_func_call(byref(func), ctx, None, 0, byref(result), 1)
         if error:
-            outcome = _outcome(run, error)
+            outcome = _outcome(run, error, None)
             if outcome is None:
                 message = capi.take_message(lib.wasmtime_error_message, error)
                 lib.wasmtime_error_delete(error)
@@ -500,29 +457,6 @@ class ComponentRunner:
         if failed:
             return Ending.EXITED, 1, f"{module.command} returned an error (exit code 1)"
         return Ending.RETURNED, 0, ""
-
-
-def _outcome(run: _Run, error: int) -> tuple[Ending, int, str] | None:
-    """An exit, or a stop wagi decided, as (ending, exit code, detail); ``None`` otherwise.
-
-    Components report traps as errors too: ``None`` leaves the error to the caller.
-    """
-    code = ctypes.c_int()
-    if lib.wasmtime_error_exit_status(error, byref(code)):
-        lib.wasmtime_error_delete(error)
-        if run.stopped is not None:
-            return run.stopped, 0, run.detail
-        if code.value == 0:
-            return Ending.RETURNED, 0, ""
-        return Ending.EXITED, code.value, f"exit code {code.value}"
-    if run.stopped is not None:
-        lib.wasmtime_error_delete(error)
-        return run.stopped, 0, run.detail
-    return None
-
-
-def _one_line(message: str) -> str:
-    return " ".join(message.split())
 
 
 def configure_pooling(pool: int) -> None:
