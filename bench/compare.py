@@ -1026,7 +1026,7 @@ def targets(
                     )
                 )
     for key, label, goal in (
-        ("wsgi_wagi_hello", "whole WSGI app call for GET /hello", TARGET_WSGI_US),
+        ("wsgi_wagi_hello", "whole WSGI app call for GET /hello, as a worker", TARGET_WSGI_US),
         ("engine_hello_25", "engine.run of hello with 25 env vars", TARGET_ENGINE_US),
     ):
         case = micro_case(micro, "wasmtime", key)
@@ -1034,6 +1034,15 @@ def targets(
         measured = (
             f"p50 {fmt(case['p50_us'], 1)} µs (CPU {fmt(case['cpu_us'], 1)} µs)" if case else "-"
         )
+        if key == "wsgi_wagi_hello":
+            # The worker as gunicorn runs it (wall up, module on the serving thread), and
+            # beside it the same with the wall off and wagi run's way (a runner thread).
+            for other, what in (
+                ("wsgi_wagi_hello_nowall", "wall off"),
+                ("wsgi_wagi_hello_runner", "runner thread"),
+            ):
+                if other_case := micro_case(micro, "wasmtime", other):
+                    measured += f"; {what}: p50 {fmt(other_case['p50_us'], 1)} µs"
         if beside:
             measured += f"; wasmer beside: p50 {fmt(beside['p50_us'], 1)} µs"
         verdict = met(case["p50_us"] <= goal) if case and case["p50_us"] else "not measured"

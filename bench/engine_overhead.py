@@ -21,11 +21,13 @@ Then, in the same process:
 
 - **per write**: ``bench/lines.wat`` writes its body in 1,000 one-line writes;
   its run time minus hello's (one write), divided by 1,000, is what a write
-  costs, to a buffer and to a pipe (the streaming path);
+  costs, to a buffer and to a :class:`PipeSink` (the streamed path);
 - **the whole WSGI app**: a :class:`wagi.server.gateway.Gateway` built from
   ``bench/modules.toml`` is called for ``GET /hello`` with a prepared WSGI
-  environ, next to ``bench/plain_wsgi.py`` and a bare werkzeug Request +
-  Response called the same way. No HTTP, no gunicorn;
+  environ, built as a worker builds it (on a thread it confines for good:
+  :func:`measure_worker`), with the wall off, and as ``wagi run`` builds it
+  (a runner thread); next to ``bench/plain_wsgi.py`` and a bare werkzeug
+  Request + Response called the same way. No HTTP, no gunicorn;
 - ``--profile DIR`` (needs pyinstrument, the ``bench`` extra): where the time of
   those WSGI calls and of the engine runs goes, saved as text in DIR.
 
@@ -50,8 +52,9 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +66,13 @@ for _path in (str(ROOT), str(BENCH)):
         sys.path.insert(0, _path)
 
 from wagi.engines import ENGINE_NAMES, create_engine, importable  # noqa: E402
-from wagi.engines.base import Engine, Invocation, Limits, LoadedModule  # noqa: E402
+from wagi.engines.base import (  # noqa: E402
+    Engine,
+    Invocation,
+    Limits,
+    LoadedModule,
+    StdoutSink,
+)
 from wagi.execution.engine_choice import choose_engine  # noqa: E402
 
 DEFAULT_MODULE = ROOT / "samples" / "hello.wat"
@@ -227,24 +236,31 @@ def time_runs(
     return timed_calls(label, count, run)
 
 
-@contextlib.contextmanager
-def stdout_pipe() -> Iterator[tuple[int, Callable[[], bytes]]]:
-    """A pipe set up the way the gateway streams a module's stdout through it.
+class PipeSink(StdoutSink):
+    """A run's stdout to a pipe, each write as the module makes it: the streamed path.
 
-    Yields the write end (for ``Invocation.stdout_fd``) and a function that
-    reads everything written so far.
+    The gateway's :class:`~wagi.server.streaming.ClientStream` hands each write to WSGI
+    ``write`` and so to the client socket; this sink does the one system call of that
+    path (``os.write``) and nothing of HTTP. The pipe holds 1 MiB, more than any run
+    here writes; :meth:`drain` reads it empty after each run.
     """
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-    with contextlib.suppress(OSError):  # as the gateway's streaming path does
-        import fcntl
 
-        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 1024 * 1024)
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        with contextlib.suppress(OSError):
+            import fcntl
 
-    def drain() -> bytes:
+            fcntl.fcntl(self.write_fd, fcntl.F_SETPIPE_SZ, 1024 * 1024)
+
+    def write(self, data: memoryview) -> None:
+        while data:
+            data = data[os.write(self.write_fd, data) :]
+
+    def drain(self) -> bytes:
         chunks = []
         while True:
             try:
-                chunk = os.read(read_fd, 1 << 20)
+                chunk = os.read(self.read_fd, 1 << 20)
             except BlockingIOError:
                 break
             if not chunk:
@@ -252,14 +268,12 @@ def stdout_pipe() -> Iterator[tuple[int, Callable[[], bytes]]]:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    try:
-        yield write_fd, drain
-    finally:
-        os.close(read_fd)
-        os.close(write_fd)
+    def close(self) -> None:
+        os.close(self.read_fd)
+        os.close(self.write_fd)
 
 
-def time_piped_runs(
+def time_sink_runs(
     label: str,
     engine: Engine,
     module: LoadedModule,
@@ -267,15 +281,18 @@ def time_piped_runs(
     env: Mapping[str, str],
     expect: bytes,
 ) -> Timing:
-    """``count`` runs writing stdout to a pipe (the gateway's streaming path); exact bytes."""
-    with stdout_pipe() as (write_fd, drain):
+    """``count`` runs writing stdout to a :class:`PipeSink` as it is written; exact bytes."""
+    sink = PipeSink()
+    try:
 
         def run() -> bool:
-            invocation = Invocation(entrypoint="_start", argv=["/"], env=env, stdout_fd=write_fd)
+            invocation = Invocation(entrypoint="_start", argv=["/"], env=env, stdout=sink)
             result = engine.run(module, invocation)
-            return result.succeeded and drain() == expect
+            return result.succeeded and sink.drain() == expect
 
         return timed_calls(label, count, run)
+    finally:
+        sink.close()
 
 
 def median_difference(a: Timing, b: Timing) -> float:
@@ -339,14 +356,15 @@ def wsgi_caller(
         environ = dict(template)
         environ["wsgi.input"] = io.BytesIO()
         started: list[Any] = []
+        written: list[bytes] = []
 
         def start_response(status: str, headers: list[tuple[str, str]], exc: Any = None) -> Any:
             started[:] = [status, headers]
-            return None
+            return written.append  # WSGI write: where a streamed response goes
 
         body = app(environ, start_response)
         try:
-            data = b"".join(body)
+            data = b"".join([*written, *body])
         finally:
             close = getattr(body, "close", None)
             if close is not None:
@@ -371,8 +389,15 @@ def werkzeug_hello(environ: dict[str, Any], start_response: Callable[..., Any]) 
     return Response(b"Hello, world!\n", content_type="text/plain")(environ, start_response)
 
 
-def make_gateway(name: str, cache: Path) -> Any:
-    """A Gateway for ``bench/modules.toml`` on engine ``name``, as a worker builds it."""
+def make_gateway(name: str, cache: Path, *, serving: bool, wall: str = "auto") -> Any:
+    """A Gateway for ``bench/modules.toml`` on engine ``name``.
+
+    ``serving``: as a gunicorn worker builds it (``build_worker(serving=True)``): on an
+    engine whose wall covers the whole worker (wasmtime), the wall goes up around the
+    CALLING THREAD, for good, and modules then run on that thread. Without it, as
+    ``wagi run`` builds it: this thread stays unconfined and modules run on confined
+    runner threads. ``wall``: ``--kernel-wall`` (``auto`` or ``off``).
+    """
     from wagi.config import load_config
     from wagi.config import settings as wagi_settings
     from wagi.server.gateway import Gateway
@@ -383,71 +408,124 @@ def make_gateway(name: str, cache: Path) -> Any:
             "WAGI_CONFIG": str(BENCH / "modules.toml"),
             "WAGI_ENGINE": name,
             "WAGI_CACHE_DIR": str(cache),
+            "WAGI_KERNEL_WALL": wall,
         }
     )
-    return Gateway(build_worker(settings, load_config(settings.config)))
+    return Gateway(build_worker(settings, load_config(settings.config), serving=serving))
 
 
 # --------------------------------------------------------------------------- profile
 
 
-def write_profiles(
-    name: str,
-    profile_dir: Path,
-    runs: int,
-    wagi_call: Callable[[], object],
-    engine: Engine,
-    module: LoadedModule,
-) -> list[Path]:
-    """pyinstrument profiles of the WSGI call and of the engine run; the files written."""
+def profile_text(name: str, title: str, runs: int, call: Callable[[], object]) -> str | None:
+    """A pyinstrument profile of ``runs`` calls of ``call`` on this thread, as text.
+
+    Only the calling thread is sampled: whatever runs elsewhere shows as a wait. The text
+    is returned, not written: the thread may be confined (see :func:`measure_worker`).
+    """
     try:
         from pyinstrument import Profiler
     except ImportError:
         print("--profile: pyinstrument is not installed (pip install -e '.[bench]')")
-        return []
-    profile_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    def profile(what: str, title: str, call: Callable[[], object]) -> None:
-        profiler = Profiler(interval=0.0001)
-        profiler.start()
-        for _ in range(runs):
-            call()
-        profiler.stop()
-        path = profile_dir / f"profile-{name}-{what}.txt"
-        header = (
-            f"# {title}\n# {name} {engine_version(name)}, Python {platform.python_version()}, "
-            f"{runs} calls, pyinstrument {engine_version('pyinstrument')} (interval 0.1 ms)\n"
-        )
-        path.write_text(header + profiler.output_text(unicode=True, color=False))
-        written.append(path)
-
-    profile(
-        "wsgi",
-        "The whole WSGI app call for GET /hello, in-process (the serving thread; on a "
-        "streaming engine the module runs on a runner thread, seen here as the wait for "
-        "the pipe: see the engine profile)",
-        wagi_call,
+        return None
+    profiler = Profiler(interval=0.0001)
+    profiler.start()
+    for _ in range(runs):
+        call()
+    profiler.stop()
+    header = (
+        f"# {title}\n# {name} {engine_version(name)}, Python {platform.python_version()}, "
+        f"{runs} calls, pyinstrument {engine_version('pyinstrument')} (interval 0.1 ms)\n"
     )
-    with stdout_pipe() as (write_fd, drain):
-        # Where the gateway runs a module: stdout to a pipe on a streaming engine.
-        stdout_fd = write_fd if engine.capabilities.streaming else None
-        where = "stdout to a pipe" if stdout_fd is not None else "stdout buffered"
+    return header + profiler.output_text(unicode=True, color=False)
 
-        def run() -> None:
-            invocation = Invocation(
-                entrypoint="_start", argv=["/hello"], env=REQUEST_ENV, stdout_fd=stdout_fd
-            )
-            engine.run(module, invocation)
-            drain()
 
-        profile(
-            "engine",
+def engine_profile(name: str, runs: int, engine: Engine, module: LoadedModule) -> str | None:
+    """The profile of ``engine.run`` as the gateway calls it for GET /hello."""
+    sink = PipeSink() if engine.capabilities.streaming else None
+    where = "stdout to a sink (os.write to a pipe)" if sink else "stdout buffered"
+
+    def run() -> None:
+        invocation = Invocation(entrypoint="_start", argv=["/hello"], env=REQUEST_ENV, stdout=sink)
+        engine.run(module, invocation)
+        if sink is not None:
+            sink.drain()
+
+    try:
+        return profile_text(
+            name,
             f"engine.run of samples/hello.wat with 25 variables, {where} (what the gateway "
-            "runs for each request; on a runner thread where the engine streams)",
+            "runs for each request)",
+            runs,
             run,
         )
-    return written
+    finally:
+        if sink is not None:
+            sink.close()
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+@dataclass
+class WorkerFigures:
+    """What :func:`measure_worker` measured on its thread."""
+
+    timing: Timing | None = None
+    wall: str = ""
+    """What the wall around the measuring thread grants, or why there is none."""
+    profile: str | None = None
+    error: str = ""
+
+
+def measure_worker(
+    name: str, cache: Path, runs: int, template: Mapping[str, Any], profile_runs: int
+) -> WorkerFigures:
+    """The whole WSGI call for GET /hello in a Gateway built as a gunicorn worker builds it.
+
+    Runs on a thread of its own: ``Gateway.create(serving=True)`` raises the worker's
+    kernel wall around the calling thread for good (wasmtime), and modules then run on
+    that very thread, as in a worker. The other threads of this process stay unconfined,
+    free to write the results where they like; this one writes nothing.
+    """
+    figures = WorkerFigures()
+
+    def measure() -> None:
+        try:
+            gateway = make_gateway(name, cache, serving=True)
+            confined = gateway.sites.confined_here is not None
+            plan = gateway.sites.plan
+            figures.wall = (
+                f"the wall is up around this thread: {plan.worker.describe()}"
+                if confined
+                else f"no wall around this thread ({plan.available.why or 'not this engine'})"
+            )
+            call = wsgi_caller(gateway, template)
+            check_hello("wagi WSGI app (worker)", call())
+            for _ in range(WARMUP_RUNS):
+                call()
+            label = "wagi Gateway as a worker, " + ("wall up" if confined else "no wall")
+            figures.timing = timed_calls(label, runs, lambda: call()[2] == b"Hello, world!\n")
+            if profile_runs:
+                figures.profile = profile_text(
+                    name,
+                    "The whole WSGI app call for GET /hello, in-process, in a Gateway built as "
+                    "a gunicorn worker builds it (Gateway.create(serving=True): "
+                    + (
+                        "the kernel wall up around this thread, the module run on it)"
+                        if confined
+                        else "no wall here, the module run on this thread)"
+                    ),
+                    profile_runs,
+                    call,
+                )
+        except Exception as exc:  # reported by the caller, with the other figures
+            figures.error = f"{type(exc).__name__}: {exc}"
+
+    thread = threading.Thread(target=measure, name="bench worker (confined)")
+    thread.start()
+    thread.join()
+    return figures
 
 
 # --------------------------------------------------------------------------- one engine
@@ -462,16 +540,33 @@ def bench_engine(
     components: Mapping[str, Path] | None = None,
 ) -> int:
     """Benchmark engine ``name`` in this process. Returns an exit status."""
-    mem_start = memory_kib()
     with tempfile.TemporaryDirectory(prefix="wagi-bench-") as tmp:
-        t0 = time.perf_counter()
-        engine = create_engine(name, Path(tmp) / "cache")
-        t1 = time.perf_counter()
-        module = engine.load(module_path)
-        t2 = time.perf_counter()
-        lines = engine.load(LINES_MODULE)
-        hello = module if module_path == DEFAULT_MODULE else engine.load(DEFAULT_MODULE)
-        gateway = make_gateway(name, Path(tmp) / "cache")
+        return _bench_engine(
+            name, module_path, runs, Path(tmp) / "cache", json_path, profile_dir, components
+        )
+
+
+def _bench_engine(
+    name: str,
+    module_path: Path,
+    runs: int,
+    cache: Path,
+    json_path: Path | None,
+    profile_dir: Path | None,
+    components: Mapping[str, Path] | None,
+) -> int:
+    mem_start = memory_kib()
+    t0 = time.perf_counter()
+    engine = create_engine(name, cache)
+    t1 = time.perf_counter()
+    module = engine.load(module_path)
+    t2 = time.perf_counter()
+    lines = engine.load(LINES_MODULE)
+    hello = module if module_path == DEFAULT_MODULE else engine.load(DEFAULT_MODULE)
+    # As `wagi run` builds it: this thread unconfined, modules on confined runner threads.
+    runner_gateway = make_gateway(name, cache, serving=False)
+    # As a worker builds it with --kernel-wall off: nothing confined, modules on this thread.
+    nowall_gateway = make_gateway(name, cache, serving=True, wall="off")
     mem_loaded = memory_kib()
 
     argv = ["/hello"]
@@ -502,7 +597,13 @@ def bench_engine(
         REQUEST_ENV,
         expect,
     )
-    hello_handler = gateway.table.match("/hello").handler
+    # The floor: a module that does nothing, with nothing to pass in (store, WASI context,
+    # instance, call and the run's bookkeeping; no argv or environment, no write).
+    empty_path = cache.parent / "empty.wat"
+    empty_path.write_text('(module (memory (export "memory") 1) (func (export "_start")))\n')
+    empty = engine.load(empty_path)
+    run_empty = time_runs("run of an empty module (floor)", engine, empty, runs, [], {}, b"")
+    hello_handler = nowall_gateway.table.match("/hello").handler
     run_limits = time_runs(
         f"run ({len(REQUEST_ENV)} vars, server limits)",
         engine,
@@ -523,25 +624,25 @@ def bench_engine(
     lines_buffered = time_runs(
         "lines, stdout buffered", engine, lines, line_runs, argv, REQUEST_ENV, LINES_OUTPUT
     )
-    hello_piped = lines_piped = None
+    hello_sink = lines_sink = None
     if engine.capabilities.streaming:  # the others keep stdout whole in the result
-        hello_piped = time_piped_runs(
-            "hello, stdout to a pipe", engine, hello, line_runs, REQUEST_ENV, HELLO_OUTPUT
+        hello_sink = time_sink_runs(
+            "hello, stdout to a sink (pipe)", engine, hello, line_runs, REQUEST_ENV, HELLO_OUTPUT
         )
-        lines_piped = time_piped_runs(
-            "lines, stdout to a pipe", engine, lines, line_runs, REQUEST_ENV, LINES_OUTPUT
+        lines_sink = time_sink_runs(
+            "lines, stdout to a sink (pipe)", engine, lines, line_runs, REQUEST_ENV, LINES_OUTPUT
         )
     # Wall-time medians (one run of lines takes milliseconds, long enough to be hit by other
     # processes) and CPU means (what the process spent, whoever else wanted the CPUs).
     per_write: dict[str, float | None] = {
         "buffered": median_difference(lines_buffered, hello_buffered) / LINES,
         "buffered_cpu": cpu_difference(lines_buffered, hello_buffered) / LINES,
-        "pipe": None,
-        "pipe_cpu": None,
+        "sink": None,
+        "sink_cpu": None,
     }
-    if lines_piped is not None and hello_piped is not None:
-        per_write["pipe"] = median_difference(lines_piped, hello_piped) / LINES
-        per_write["pipe_cpu"] = cpu_difference(lines_piped, hello_piped) / LINES
+    if lines_sink is not None and hello_sink is not None:
+        per_write["sink"] = median_difference(lines_sink, hello_sink) / LINES
+        per_write["sink_cpu"] = cpu_difference(lines_sink, hello_sink) / LINES
 
     # The whole WSGI app, next to the least a WSGI app can do.
     template = hello_environ()
@@ -550,12 +651,14 @@ def bench_engine(
     callers = {
         "plain": wsgi_caller(plain_app, template),
         "werkzeug": wsgi_caller(werkzeug_hello, template),
-        "wagi": wsgi_caller(gateway, template),
+        "nowall": wsgi_caller(nowall_gateway, template),
+        "runner": wsgi_caller(runner_gateway, template),
     }
     for label, caller in callers.items():
         check_hello(f"{label} WSGI app", caller())
     for _ in range(WARMUP_RUNS):
-        callers["wagi"]()
+        callers["nowall"]()
+        callers["runner"]()
 
     def hello_ok(caller: Callable[[], tuple[str, list[tuple[str, str]], bytes]]) -> bool:
         return caller()[2] == b"Hello, world!\n"
@@ -566,10 +669,21 @@ def bench_engine(
     wsgi_werkzeug = timed_calls(
         "werkzeug Request + Response", runs, lambda: hello_ok(callers["werkzeug"])
     )
-    wsgi_wagi = timed_calls("wagi Gateway, GET /hello", runs, lambda: hello_ok(callers["wagi"]))
+    wsgi_nowall = timed_calls(
+        "wagi Gateway as a worker, wall off", runs, lambda: hello_ok(callers["nowall"])
+    )
+    runs_elsewhere = runner_gateway.sites.plan.worker is not None
+    wsgi_runner = timed_calls(
+        "wagi Gateway, runner thread (wagi run)"
+        if runs_elsewhere and engine.capabilities.streaming
+        else "wagi Gateway as wagi run builds it",
+        runs,
+        lambda: hello_ok(callers["runner"]),
+    )
     handoff = None
     if engine.capabilities.streaming:
-        # What the gateway pays to run a module on a runner thread, without the module.
+        # What running a module on a runner thread adds, without the module (wagi run's way;
+        # a worker's way before the whole worker was confined).
         from wagi.execution.runners import RunnerPool
 
         pool = RunnerPool("bench hand-off")
@@ -597,6 +711,13 @@ def bench_engine(
                 b"GREETING=hello from modules.toml",
             )
 
+    profile_runs = max(runs, 2000) if profile_dir is not None else 0
+    engine_profile_text = (
+        engine_profile(name, profile_runs, engine, hello) if profile_runs else None
+    )
+    # Last: a thread of this process confines itself for good (wasmtime), as a worker does.
+    worker = measure_worker(name, cache, runs, template, profile_runs)
+
     print(
         f"\n== engine.run micro-benchmark: {name} {engine_version(name)} "
         f"(Python {platform.python_version()}), {module_path.relative_to(ROOT)}, {runs} runs"
@@ -611,7 +732,7 @@ def bench_engine(
     )
     print(header)
     print("-" * len(header))
-    for timing in (baseline, construct, run_small, run_request, run_limits):
+    for timing in (baseline, construct, run_empty, run_small, run_request, run_limits):
         if timing is baseline:
             vs_noop, vs_inv = "(baseline)", "-"
         else:
@@ -626,11 +747,11 @@ def bench_engine(
             f"{fmt_us(timing.percentile_us(50)):>9} {fmt_us(timing.percentile_us(99)):>9} "
             f"{fmt_us(timing.cpu_us):>9} {vs_noop:>12} {vs_inv:>17}"
         )
-    measured = 3 * runs
+    measured = 4 * runs
     growth = mem_end["rss"] - mem_warm["rss"]
     line = (
         f"memory (MiB): RSS {fmt_mib(mem_start['rss'])} at start, "
-        f"{fmt_mib(mem_loaded['rss'])} with engine + modules + gateway, "
+        f"{fmt_mib(mem_loaded['rss'])} with engine + modules + gateways, "
         f"{fmt_mib(mem_warm['rss'])} warm, {fmt_mib(mem_end['rss'])} after {measured} runs "
         f"(growth {growth:+d} KiB, {growth * 1024 / measured:+.0f} B/run)"
     )
@@ -638,25 +759,37 @@ def bench_engine(
         line += f"; PSS {fmt_mib(mem_warm['pss'])} -> {fmt_mib(mem_end['pss'])}"
     print(line)
 
-    piped = [t for t in (hello_piped, lines_piped) if t is not None]
+    sunk = [t for t in (hello_sink, lines_sink) if t is not None]
     print_table(
         f"\nper write ({LINES} one-line writes against one write, {line_runs} runs each)",
-        [hello_buffered, lines_buffered, *piped],
+        [hello_buffered, lines_buffered, *sunk],
     )
-    pipe = (
-        f"{fmt_us(per_write['pipe'])} µs ({fmt_us(per_write['pipe_cpu'])} µs CPU) to a pipe"
-        if piped
-        else "no pipe: the engine cannot stream, stdout is buffered"
+    to_sink = (
+        f"{fmt_us(per_write['sink'])} µs ({fmt_us(per_write['sink_cpu'])} µs CPU) to a sink "
+        "(os.write to a pipe, each write as made: the streamed path)"
+        if sunk
+        else "no sink: the engine cannot stream, stdout is buffered"
     )
     print(
         f"=> per write: {fmt_us(per_write['buffered'])} µs "
-        f"({fmt_us(per_write['buffered_cpu'])} µs CPU) to a buffer, {pipe} "
+        f"({fmt_us(per_write['buffered_cpu'])} µs CPU) to a buffer, {to_sink} "
         f"(wall: difference of the p50s / {LINES}; CPU: of the means)"
     )
     print_table(
         f"\nthe WSGI app called in-process for GET /hello, {runs} calls, no HTTP",
-        [wsgi_plain, wsgi_werkzeug, wsgi_wagi, *([handoff] if handoff else [])],
+        [
+            wsgi_plain,
+            wsgi_werkzeug,
+            *([worker.timing] if worker.timing else []),
+            wsgi_nowall,
+            wsgi_runner,
+            *([handoff] if handoff else []),
+        ],
     )
+    if worker.error:
+        print(f"WARNING: the Gateway built as a worker could not be measured: {worker.error}")
+    else:
+        print(f"as a worker: {worker.wall}")
 
     if components:
         print_table(
@@ -669,15 +802,18 @@ def bench_engine(
 
     profiles: list[Path] = []
     if profile_dir is not None:
-        profiles = write_profiles(
-            name, profile_dir, max(runs, 2000), callers["wagi"], engine, hello
-        )
-        for path in profiles:
-            print(f"profile written: {path}")
+        profile_dir.mkdir(parents=True, exist_ok=True)
+        for what, text in (("wsgi", worker.profile), ("engine", engine_profile_text)):
+            if text is not None:
+                path = profile_dir / f"profile-{name}-{what}.txt"
+                path.write_text(text)
+                profiles.append(path)
+                print(f"profile written: {path}")
 
     timings = {
         "noop": baseline,
         "invocation": construct,
+        "engine_empty": run_empty,
         "engine_hello_1": run_small,
         "engine_hello_25": run_request,
         "engine_hello_25_limits": run_limits,
@@ -685,15 +821,20 @@ def bench_engine(
         "lines_buffered": lines_buffered,
         "wsgi_plain": wsgi_plain,
         "wsgi_werkzeug": wsgi_werkzeug,
-        "wsgi_wagi_hello": wsgi_wagi,
+        "wsgi_wagi_hello_nowall": wsgi_nowall,
+        "wsgi_wagi_hello_runner": wsgi_runner,
     }
-    if hello_piped is not None and lines_piped is not None:
-        timings |= {"hello_pipe": hello_piped, "lines_pipe": lines_piped}
+    if worker.timing is not None:
+        timings["wsgi_wagi_hello"] = worker.timing
+    if hello_sink is not None and lines_sink is not None:
+        timings |= {"hello_sink": hello_sink, "lines_sink": lines_sink}
     if handoff is not None:
         timings["runner_handoff"] = handoff
     if env_core is not None:
         timings["env_core"] = env_core
     failures = {t.label: t.failures for t in timings.values() if t.failures}
+    if worker.error:
+        failures["wagi Gateway, as a worker"] = 1
     if json_path is not None:
         figures = {
             "engine": name,
@@ -703,6 +844,8 @@ def bench_engine(
             "create_engine_ms": (t1 - t0) * 1e3,
             "load_module_ms": (t2 - t1) * 1e3,
             "cases": [t.as_json(key) for key, t in timings.items()],
+            "worker_wall": worker.wall,
+            "worker_error": worker.error,
             "per_write_us": per_write,
             "lines_per_run": LINES,
             "memory_kib": {

@@ -372,6 +372,28 @@ def test_short_sleep_within_the_timeout_completes(engine: WasmtimeEngine, tmp_pa
         assert time.monotonic() - started >= 0.05
 
 
+def test_one_ticker_thread_serves_quick_runs_one_after_another(
+    engine: WasmtimeEngine, tmp_path: Path
+) -> None:
+    # A quick run can end before the idle ticker thread, woken for it, gets its lock back
+    # (a busy worker's other CPU): the thread must not take that for an idle linger and exit,
+    # or every such request pays for a new thread.
+    quick = engine.load(hello(tmp_path))
+    assert engine.run(quick, Invocation(limits=Limits(timeout=5))).succeeded
+    ticker = engine._ticker
+    tickers: list[threading.Thread] = []  # held: a thread's ident is reused once it ends
+    for _ in range(10):
+        time.sleep(0.03)  # past a tick: the ticker has gone idle again
+        # A run as quick as it gets: this thread keeps the GIL from start to end, so the
+        # woken ticker sees the run only once it is over.
+        ticker.start_run()
+        ticker.end_run()
+        time.sleep(0.03)
+        tickers += [t for t in threading.enumerate() if t.name == "wagi-wasmtime-epoch"]
+    assert len({id(t) for t in tickers}) == 1
+    assert engine.run(quick, Invocation(limits=Limits(timeout=5))).succeeded
+
+
 # -- memory and output limits --------------------------------------------------
 
 GROW = """

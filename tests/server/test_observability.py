@@ -111,18 +111,20 @@ def observed(
         engine,
         workers=1,
         extra_env={"WAGI_LOG_FORMAT": "json", "WAGI_METRICS_BIND": f"127.0.0.1:{port}"},
+        gunicorn_args=("--access-logfile", "-"),
     )
     yield server, Metrics(f"http://127.0.0.1:{port}/metrics")
 
 
 @pytest.fixture(scope="module")
 def behind_proxy(engine: str, server_factory: Callable[..., Server]) -> Server:
-    """The defaults (text logs, no metrics) behind one trusted proxy hop."""
+    """The defaults (text logs, no metrics; the access log on) behind one trusted proxy hop."""
     return server_factory(
         '[[module]]\nroute = "/probe/..."\nmodule = "{probe}"\n',
         engine,
         workers=1,
         extra_env={"WAGI_TRUSTED_PROXY_HOPS": "1"},
+        gunicorn_args=("--access-logfile", "-"),
     )
 
 
