@@ -6,7 +6,7 @@ Usage::
     python bench/access_log_cost.py [--lines 20000]
 
 It calls the access method of the logger a wagi worker uses
-(``wagi.logformat.GunicornLogger``, gunicorn's own ``Logger`` for the text format)
+(``wagi.observability.logformat.GunicornLogger``, gunicorn's own ``Logger`` for the text format)
 the way gunicorn's sync worker does after every response, with the WSGI environ
 and headers of wrk's ``GET /hello``, and times it:
 
@@ -50,8 +50,7 @@ def environ() -> dict[str, Any]:
 
 def make_logger(accesslog: str | None, json: bool) -> Any:
     from gunicorn.config import Config
-
-    from wagi.logformat import GunicornLogger
+    from wagi.observability.logformat import GunicornLogger
 
     if json:
         os.environ["WAGI_LOG_FORMAT"] = "json"

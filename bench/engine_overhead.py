@@ -22,7 +22,7 @@ Then, in the same process:
 - **per write**: ``bench/lines.wat`` writes its body in 1,000 one-line writes;
   its run time minus hello's (one write), divided by 1,000, is what a write
   costs, to a buffer and to a :class:`PipeSink` (the streamed path);
-- **the whole WSGI app**: a :class:`wagi.gateway.Gateway` built from
+- **the whole WSGI app**: a :class:`wagi.server.gateway.Gateway` built from
   ``bench/modules.toml`` is called for ``GET /hello`` with a prepared WSGI
   environ, built as a worker builds it (on a thread it confines for good:
   :func:`measure_worker`), with the wall off, and as ``wagi run`` builds it
@@ -73,7 +73,7 @@ from wagi.engines.base import (  # noqa: E402
     LoadedModule,
     StdoutSink,
 )
-from wagi.policy import choose_engine  # noqa: E402
+from wagi.execution.engine_choice import choose_engine  # noqa: E402
 
 DEFAULT_MODULE = ROOT / "samples" / "hello.wat"
 DEFAULT_RUNS = 2000
@@ -239,7 +239,7 @@ def time_runs(
 class PipeSink(StdoutSink):
     """A run's stdout to a pipe, each write as the module makes it: the streamed path.
 
-    The gateway's :class:`~wagi.streaming.ClientStream` hands each write to WSGI
+    The gateway's :class:`~wagi.server.streaming.ClientStream` hands each write to WSGI
     ``write`` and so to the client socket; this sink does the one system call of that
     path (``os.write``) and nothing of HTTP. The pipe holds 1 MiB, more than any run
     here writes; :meth:`drain` reads it empty after each run.
@@ -392,15 +392,16 @@ def werkzeug_hello(environ: dict[str, Any], start_response: Callable[..., Any]) 
 def make_gateway(name: str, cache: Path, *, serving: bool, wall: str = "auto") -> Any:
     """A Gateway for ``bench/modules.toml`` on engine ``name``.
 
-    ``serving``: as a gunicorn worker builds it (``Gateway.create(serving=True)``): on an
+    ``serving``: as a gunicorn worker builds it (``build_worker(serving=True)``): on an
     engine whose wall covers the whole worker (wasmtime), the wall goes up around the
     CALLING THREAD, for good, and modules then run on that thread. Without it, as
     ``wagi run`` builds it: this thread stays unconfined and modules run on confined
     runner threads. ``wall``: ``--kernel-wall`` (``auto`` or ``off``).
     """
-    from wagi import settings as wagi_settings
     from wagi.config import load_config
-    from wagi.gateway import Gateway
+    from wagi.config import settings as wagi_settings
+    from wagi.server.gateway import Gateway
+    from wagi.server.worker import build_worker
 
     settings = wagi_settings.load(
         environ={
@@ -410,7 +411,7 @@ def make_gateway(name: str, cache: Path, *, serving: bool, wall: str = "auto") -
             "WAGI_KERNEL_WALL": wall,
         }
     )
-    return Gateway.create(settings, load_config(settings.config), serving=serving)
+    return Gateway(build_worker(settings, load_config(settings.config), serving=serving))
 
 
 # --------------------------------------------------------------------------- profile
@@ -683,7 +684,7 @@ def _bench_engine(
     if engine.capabilities.streaming:
         # What running a module on a runner thread adds, without the module (wagi run's way;
         # a worker's way before the whole worker was confined).
-        from wagi.runner import RunnerPool
+        from wagi.execution.runners import RunnerPool
 
         pool = RunnerPool("bench hand-off")
         for _ in range(WARMUP_RUNS):

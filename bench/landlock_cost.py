@@ -10,7 +10,7 @@ Prints, for each engine that imports here:
   unconfined thread and in a thread confined to that volume. The two kinds of
   thread alternate three times, each with its own engine, so drift hits both.
   (wasmtime does its file I/O on threads the first callers created, see
-  ``tests/test_landlock.py``: its "confined" figure is the caller's cost.)
+  ``tests/unit/test_landlock.py``: its "confined" figure is the caller's cost.)
 
 Figures are medians of rounds of ``--runs`` runs; compare them within one run.
 """
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from wagi.engines import ENGINE_NAMES, importable  # noqa: E402
 from wagi.engines.base import Engine, Invocation, Preopen  # noqa: E402
-from wagi.landlock import PathRule, availability, restrict_current_thread  # noqa: E402
+from wagi.execution.landlock import PathRule, availability, restrict_current_thread  # noqa: E402
 
 PROBE = ROOT / "tests" / "modules" / "probe.wasm"
 
@@ -57,10 +57,10 @@ def confine_cost(volume: Path) -> None:
 
 def make_engine(name: str) -> Engine:
     if name == "wasmer":
-        from wagi.engines.wasmer_engine import WasmerEngine
+        from wagi.engines.wasmer import WasmerEngine
 
         return WasmerEngine(unconfined_volumes=True)
-    from wagi.engines.wasmtime_engine import WasmtimeEngine
+    from wagi.engines.wasmtime.engine import WasmtimeEngine
 
     return WasmtimeEngine()
 

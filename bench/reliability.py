@@ -60,7 +60,7 @@ for path in (str(ROOT), str(BENCH)):
 
 from run import HOST, Server, memory_kib, percentile  # noqa: E402
 
-from tests.wat import WatModule  # noqa: E402
+from tests.support.wat import WatModule  # noqa: E402
 from wagi.engines import ENGINE_NAMES, importable  # noqa: E402
 
 PROBE = ROOT / "tests" / "modules" / "probe.wasm"
@@ -509,7 +509,7 @@ def run_engine(engine: str, args: argparse.Namespace) -> EngineRun:
 
 
 def cuts(log: str) -> int:
-    return log.count("wagi.gateway.ResponseCut: ")
+    return log.count("wagi.server.gateway.ResponseCut: ")
 
 
 def warm_up(port: int, cats: list[Category]) -> None:

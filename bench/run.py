@@ -66,7 +66,7 @@ if str(ROOT) not in sys.path:
 import wagi  # noqa: E402
 from wagi.config import load_config  # noqa: E402
 from wagi.engines import ENGINE_NAMES, importable  # noqa: E402
-from wagi.policy import choose_engine  # noqa: E402
+from wagi.execution.engine_choice import choose_engine  # noqa: E402
 
 HOST = "127.0.0.1"
 CONFIG = "bench/modules.toml"

@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
 # Rebuild the sample modules from source. Runs from any directory.
 #
-#   samples/build.sh [--install] [c|rust|assemblyscript ...]    (default: all three)
+#   samples/build.sh [--install] [c|rust|assemblyscript|component|python|javascript ...]
 #
-# Toolchains, all from Debian/Ubuntu packages and npm (no rustup, no crates):
+# Without a language: c, rust, assemblyscript and component (the modules whose build is
+# byte-for-byte reproducible); python and javascript are built when named.
+#
+# Toolchains, all from Debian/Ubuntu packages, npm and PyPI (no rustup, no crates):
 #   C (env, echo, routes, guestbook):  apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32
 #   Rust (stats):                      apt-get install rustc libstd-rust-dev-wasm32
 #   AssemblyScript (request):          apt-get install nodejs npm; the compiler itself
 #                                      (assemblyscript + @assemblyscript/wasi-shim, pinned in
 #                                      package-lock.json) goes to samples/node_modules via `npm ci`,
 #                                      which this script runs when it is missing.
+#   component (env.component):         C's toolchain, and jco's preview 1 command adapter
+#                                      (`jco new --wasi-command`; npm, like AssemblyScript).
+#   python (notes/notes):              componentize-py (PyPI; `pip install -e '.[dev]'` installs
+#                                      the pinned version; COMPONENTIZE_PY to choose one) and pip,
+#                                      which fetches the Markdown package the sample bundles.
+#   javascript (words/words):          componentize-js (npm, like AssemblyScript).
+# componentize-py and componentize-js do not build byte-for-byte reproducibly (the snapshot of
+# the interpreter's heap differs from build to build): their output is committed, and the
+# tests check that a rebuild answers the same requests with the same bytes.
 # With --install (as root) the missing Debian packages are installed first; without it, a
 # missing toolchain stops the build with the exact command to run.
 #
@@ -26,7 +38,7 @@ set -euo pipefail
 # OUT_DIR relative to where the script was started from.
 [[ -z "${OUT_DIR:-}" ]] || OUT_DIR=$(realpath -m -- "$OUT_DIR")
 cd "$(dirname "${BASH_SOURCE[0]}")"
-OUT_DIR=${OUT_DIR:-.}
+OUT_DIR=$(realpath -m -- "${OUT_DIR:-.}")
 mkdir -p "$OUT_DIR"
 
 install=0
@@ -34,11 +46,14 @@ langs=()
 for arg in "$@"; do
     case $arg in
         --install) install=1 ;;
-        c | rust | assemblyscript) langs+=("$arg") ;;
-        *) echo "usage: $0 [--install] [c|rust|assemblyscript ...]" >&2; exit 2 ;;
+        c | rust | assemblyscript | component | python | javascript) langs+=("$arg") ;;
+        *)
+            echo "usage: $0 [--install] [c|rust|assemblyscript|component|python|javascript ...]" >&2
+            exit 2
+            ;;
     esac
 done
-[[ ${#langs[@]} -gt 0 ]] || langs=(c rust assemblyscript)
+[[ ${#langs[@]} -gt 0 ]] || langs=(c rust assemblyscript component)
 
 # need WHAT PACKAGES...: install the Debian packages with --install, else say what to run.
 need() {
@@ -60,18 +75,36 @@ built() {
     echo "built samples/$1"
 }
 
-build_c() {
+# C flags: set by find_c (a clang that builds for wasm32-wasi, or the command to install one).
+cflags=()
+ldflags=()
+find_c() {
     CC=${CC:-clang}
-    local cflags=(--target=wasm32-wasi -O2 -Wall -Wextra -Werror)
+    cflags=(--target=wasm32-wasi -O2 -Wall -Wextra -Werror)
     if [[ -n "${WASI_SYSROOT:-}" ]]; then
         cflags+=(--sysroot="$WASI_SYSROOT")
     fi
     # No debug info, so no build paths in the output.
-    local ldflags=(-Wl,--strip-debug)
+    ldflags=(-Wl,--strip-debug)
     if ! command -v "$CC" >/dev/null || ! echo 'int main(void){return 0;}' |
         "$CC" "${cflags[@]}" -x c -o /dev/null - 2>/dev/null; then
         need "clang for wasm32-wasi" clang lld wasi-libc libclang-rt-14-dev-wasm32
     fi
+}
+
+# The npm tools (samples/node_modules, pinned by package-lock.json).
+npm_tools() {
+    if ! command -v npm >/dev/null; then
+        need "npm (for the AssemblyScript compiler, jco and componentize-js)" nodejs npm
+    fi
+    if [[ ! -x node_modules/.bin/asc || ! -x node_modules/.bin/jco ||
+        ! -x node_modules/.bin/componentize-js ]]; then
+        npm ci --no-audit --no-fund --loglevel=error
+    fi
+}
+
+build_c() {
+    find_c
     for name in env echo routes guestbook/guestbook; do
         mkdir -p "$(dirname "$OUT_DIR/$name.wasm")"
         "$CC" "${cflags[@]}" "${ldflags[@]}" -o "$OUT_DIR/$name.wasm" "$name.c"
@@ -113,17 +146,54 @@ build_rust() {
 }
 
 build_assemblyscript() {
-    if ! command -v npm >/dev/null; then
-        need "npm (for the AssemblyScript compiler)" nodejs npm
-    fi
-    if [[ ! -x node_modules/.bin/asc ]]; then
-        npm ci --no-audit --no-fund --loglevel=error
-    fi
+    npm_tools
     # The wasi-shim's config makes asc target WASI (process.env, argv, stdin, stdout). The stub
     # runtime never frees: an instance lives for one request, so a collector is dead weight.
     node_modules/.bin/asc request.ts --config node_modules/@assemblyscript/wasi-shim/asconfig.json \
         --runtime stub -O3 -o "$OUT_DIR/request.wasm"
     built request.wasm
+}
+
+# The C sample as a WASI 0.2 component: the same env.c, plus cabi_realloc.c (the adapter
+# allocates through the module's malloc), wrapped by the preview 1 command adapter.
+build_component() {
+    find_c
+    npm_tools
+    local core
+    core=$(mktemp --suffix=.wasm)
+    "$CC" "${cflags[@]}" "${ldflags[@]}" -o "$core" env.c cabi_realloc.c
+    node_modules/.bin/jco new "$core" --wasi-command -o "$OUT_DIR/env.component.wasm" >/dev/null
+    rm -f "$core"
+    built env.component.wasm
+}
+
+# Python: componentize-py bundles notes/app.py and the Markdown package (pinned in
+# notes/requirements.txt, fetched by pip into a temporary directory) into one component.
+build_python() {
+    local componentize=${COMPONENTIZE_PY:-componentize-py} python=${PYTHON:-python3} site
+    if ! command -v "$componentize" >/dev/null; then
+        echo "build.sh: componentize-py is missing; install it with: pip install -e '.[dev]'" \
+            "(or set COMPONENTIZE_PY)" >&2
+        exit 1
+    fi
+    site=$(mktemp -d)
+    "$python" -m pip install --quiet --disable-pip-version-check --no-deps --target "$site" \
+        -r notes/requirements.txt
+    mkdir -p "$OUT_DIR/notes"
+    # Only notes/ and the bundled package on the module path, nothing of any virtualenv.
+    (cd notes && env -u VIRTUAL_ENV "$componentize" -d wit -w command componentize app \
+        -p . -p "$site" -o "$OUT_DIR/notes/notes.wasm" >/dev/null)
+    rm -rf "$site"
+    built notes/notes.wasm
+}
+
+# JavaScript: componentize-js (StarlingMonkey) with HTTP left out (wagi refuses wasi:http).
+build_javascript() {
+    npm_tools
+    mkdir -p "$OUT_DIR/words"
+    node_modules/.bin/componentize-js words/words.js --wit words/wit --world-name command \
+        --disable http fetch-event -o "$OUT_DIR/words/words.wasm" >/dev/null
+    built words/words.wasm
 }
 
 for lang in "${langs[@]}"; do

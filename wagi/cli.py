@@ -1,6 +1,6 @@
 """The ``wagi`` command: ``serve``, ``run``, ``check`` and ``push``.
 
-Every server option (see :mod:`wagi.settings`) is a flag of each command and a
+Every server option (see :mod:`wagi.config.settings`) is a flag of each command and a
 ``WAGI_*`` environment variable; flags win.
 """
 
@@ -18,7 +18,6 @@ from pathlib import Path
 from werkzeug.test import EnvironBuilder
 
 from wagi import __version__
-from wagi import settings as wagi_settings
 from wagi.config import (
     Config,
     ConfigError,
@@ -27,11 +26,18 @@ from wagi.config import (
     load_config,
     parse_oci_reference,
 )
-from wagi.gateway import CgiHttpResponse, Gateway, ResponseCut
-from wagi.handlers import StartupError
-from wagi.policy import EngineChoice, EngineUnavailable, choose_engine, worker_problem
-from wagi.sources import SourceError, pull_modules, push_module
-from wagi.watchdog import tls_warning
+from wagi.config import settings as wagi_settings
+from wagi.config.sources import SourceError, pull_modules, push_module
+from wagi.execution.engine_choice import (
+    EngineChoice,
+    EngineUnavailable,
+    choose_engine,
+    worker_problem,
+)
+from wagi.execution.handlers import Handler, StartupError
+from wagi.server.gateway import CgiHttpResponse, Gateway, ResponseCut
+from wagi.server.watchdog import tls_warning
+from wagi.server.worker import Worker, build_worker
 
 DESCRIPTION = "wagi: run WebAssembly (WASI) modules as CGI handlers behind gunicorn."
 
@@ -135,16 +141,16 @@ def check(args: argparse.Namespace) -> int:
     config, pins = pull_modules(config, server_settings)
     if args.pins_file is not None:
         args.pins_file.write_text(json.dumps(pins, indent=1, sort_keys=True) + "\n")
-    gateway = Gateway.create(server_settings, config, choice)
-    routes = gateway.table.routes()
+    worker = build_worker(server_settings, config, choice)
+    routes = worker.table.routes()
     print(
         f"wagi {__version__}: {config.path}: {len(routes)} routes; engine {choice.name} "
-        f"{gateway.engine.version} ({choice.reason}); {choice.describe_limits()}"
+        f"{worker.engine.version} ({choice.reason}); {choice.describe_limits()}"
     )
     if args.tls and not choice.capabilities.interruptible:
         print(f"  warning: {tls_warning(choice.name)}")
     # Always printed (it reaches the start-up log): where the kernel wall stands.
-    for line in gateway.sites.plan.describe(config):
+    for line in worker.sites.plan.describe(config):
         print(f"  {line}")
     for reference, digest in sorted(pins.items()):
         # Always printed: the start-up log says which bytes each tag stood for.
@@ -159,8 +165,17 @@ def check(args: argparse.Namespace) -> int:
             handler = route.handler
             module = _shown_path(handler.entry.module, config.path)
             host = f"{hosts[number]:<{host_width}}  " if hosts else ""
-            print(f"  {host}{route.pattern:<{width}}  {module}  {handler.entrypoint}")
+            print(f"  {host}{route.pattern:<{width}}  {module}  {_runs(worker, handler)}")
     return 0
+
+
+def _runs(worker: Worker, handler: Handler) -> str:
+    """What a route runs: a core module's export, or what a component is."""
+    try:
+        loaded = worker.loader.get(handler.entry.module)
+    except Exception:  # shown as configured; start-up already said what is wrong
+        return handler.entrypoint
+    return loaded.describe() if loaded.kind == "component" else handler.entrypoint
 
 
 def _shown_path(module: LocalModule | OciModule, config: Path) -> str:
@@ -179,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     config, _ = pull_modules(config, server_settings)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     if server_settings.log_format == "json":
-        from wagi.logformat import JsonFormatter
+        from wagi.observability.logformat import JsonFormatter
 
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter())
@@ -197,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         data = (args.data or "").encode()
     # Last: the module runs here, behind the wall that confines this process from now on
     # (what the command still reads, it has read).
-    gateway = Gateway.create(server_settings, config, choice, confine=True)
+    worker = build_worker(server_settings, config, choice, confine=True)
     path, _, query = args.path.partition("?")
     builder = EnvironBuilder(
         path=path,
@@ -213,11 +228,11 @@ def run(args: argparse.Namespace) -> int:
     if not choice.capabilities.interruptible:
         # Nothing in this process can stop such a module (not even Ctrl-C): past the
         # longest timeout, SIGALRM's default action ends the command (exit status 142).
-        longest = max(route.handler.limits.timeout or 0 for route in gateway.table.routes())
+        longest = max(route.handler.limits.timeout or 0 for route in worker.table.routes())
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.setitimer(signal.ITIMER_REAL, longest)
     # The server sends no Content-Type a module did not send; neither does this.
-    response = CgiHttpResponse.from_app(gateway, environ)
+    response = CgiHttpResponse.from_app(Gateway(worker), environ)
     signal.setitimer(signal.ITIMER_REAL, 0)
     out = sys.stdout.buffer
     out.write(f"HTTP/1.1 {response.status}\r\n".encode("latin-1"))

@@ -3,7 +3,7 @@
 A page asks for them with an HTML comment on a line of its own:
 
 ``<!-- generated: settings -->``
-    the server options (``wagi.settings.reference_table()``);
+    the server options (``wagi.config.settings.reference_table()``);
 ``<!-- generated: module-keys -->``
     the ``[[module]]`` keys (``wagi.config.module_keys_table()``);
 ``<!-- include: deploy/nginx/wagi.conf -->``
@@ -24,7 +24,7 @@ from typing import Any
 from mkdocs.exceptions import PluginError
 
 from wagi.config import module_keys_table
-from wagi.settings import reference_table
+from wagi.config.settings import reference_table
 
 GENERATORS = {"settings": reference_table, "module-keys": module_keys_table}
 DIRECTIVE = re.compile(r"^<!-- (generated|include|section): (\S+) -->$", re.M)

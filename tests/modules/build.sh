@@ -24,6 +24,20 @@ for name in probe outbound files; do
     echo "built tests/modules/$name.wasm"
 done
 
+# The probe as a WASI 0.2 component (tests/test_conformance.py runs both forms): the same
+# probe.c with the sample's cabi_realloc.c, through jco's preview 1 command adapter (npm,
+# pinned in samples/package-lock.json; samples/build.sh installs it).
+JCO=${JCO:-../../samples/node_modules/.bin/jco}
+if [[ ! -x "$JCO" ]]; then
+    (cd ../../samples && npm ci --no-audit --no-fund --loglevel=error)
+fi
+core=$(mktemp --suffix=.wasm)
+"$CC" "${CFLAGS[@]}" "${LDFLAGS[@]}" -o "$core" probe.c ../../samples/cabi_realloc.c
+"$JCO" new "$core" --wasi-command -o probe.component.wasm >/dev/null
+rm -f "$core"
+chmod 644 probe.component.wasm
+echo "built tests/modules/probe.component.wasm"
+
 for name in vectored; do
     "$PYTHON" - "$name.wat" "$name.wasm" <<'PY'
 import sys

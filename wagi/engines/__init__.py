@@ -2,7 +2,7 @@
 
 This package says what each engine *can* do (its
 :class:`~wagi.engines.base.Capabilities`); whether a given configuration may run
-on it is decided above it, in :mod:`wagi.policy`. Asking :func:`importable` or
+on it is decided above it, in :mod:`wagi.execution.engine_choice`. Asking :func:`importable` or
 :func:`engine_class` only imports Python packages and is safe in the gunicorn
 master. Creating an engine (which starts a compiler) happens in workers only: a
 forked child of a process that compiled with cranelift hangs.
@@ -48,7 +48,7 @@ class EngineSpec:
 ENGINES: tuple[EngineSpec, ...] = (
     EngineSpec(
         EngineName.WASMER,
-        "wagi.engines.wasmer_engine",
+        "wagi.engines.wasmer",
         "WasmerEngine",
         # The compiler is a separate wheel; both must import.
         ("wasmer", "wasmer_compiler_cranelift"),
@@ -56,7 +56,7 @@ ENGINES: tuple[EngineSpec, ...] = (
         "both wasmer and wasmer-compiler-cranelift are needed",
     ),
     EngineSpec(
-        EngineName.WASMTIME, "wagi.engines.wasmtime_engine", "WasmtimeEngine", ("wasmtime",)
+        EngineName.WASMTIME, "wagi.engines.wasmtime.engine", "WasmtimeEngine", ("wasmtime",)
     ),
 )
 """Every engine, in the order ``--engine auto`` prefers them: auto takes the first that
@@ -108,4 +108,4 @@ def create_engine(
     ``on_lookup`` is told of each artifact-cache lookup (see :class:`ArtifactCache`).
     """
     cls = engine_class(name)
-    return cls(cache=ArtifactCache(cache_dir, on_lookup))  # type: ignore[call-arg]
+    return cls(cache=ArtifactCache(cache_dir, on_lookup))

@@ -17,17 +17,34 @@ from __future__ import annotations
 
 import abc
 import enum
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from wagi.outbound_http import OutboundPolicy
+    from wagi.engines.cache import ArtifactCache
+    from wagi.outbound.policy import OutboundPolicy
 
 STDERR_LIMIT = 1 << 20
 """Bytes of a run's stderr kept for the log, on every engine: a hostile module must not
-fill the worker's memory through stderr. The rest is dropped, with a note saying so."""
+fill the worker's memory through stderr. The rest is dropped, with a note saying so
+(:func:`stderr_with_cap_note`)."""
+
+
+def stderr_with_cap_note(kept: bytes, dropped: int) -> bytes:
+    """A run's stderr for the log: the ``kept`` bytes and, when the cap dropped some, a
+    note of how many, the same on every engine.
+
+    >>> stderr_with_cap_note(b"oops\\n", 0)
+    b'oops\\n'
+    >>> stderr_with_cap_note(b"x" * 3, 5)
+    b'xxx\\n[wagi: 5 more bytes of stderr dropped]\\n'
+    """
+    if not dropped:
+        return kept
+    return kept + b"\n[wagi: %d more bytes of stderr dropped]\n" % dropped
 
 
 class OutputGone(Exception):
@@ -88,6 +105,13 @@ class Limits:
     max_write: int | None = None
     """Bytes the module may write to files (fds other than 1 and 2), each file, directory or
     link it creates counting 4 KiB; past it, writes fail with ``EDQUOT``."""
+
+    def deadline(self, margin: float = 0.0) -> float | None:
+        """The ``time.monotonic()`` value at which a run starting now times out, ``margin``
+        seconds early (what must end before the run does); ``None`` without a timeout."""
+        if self.timeout is None:
+            return None
+        return time.monotonic() + max(self.timeout - margin, 0.0)
 
 
 @dataclass(frozen=True)
@@ -162,13 +186,16 @@ class Capabilities:
     streaming: bool = False
     """stdout reaches ``Invocation.stdout`` while the module runs (not only at its end)."""
     outbound_http: bool = False
-    """Binds the ``wasi_experimental_http`` host functions (:mod:`wagi.outbound_http`)."""
+    """Binds the ``wasi_experimental_http`` host functions (:mod:`wagi.outbound.abi`)."""
     write_budget: bool = False
-    """Enforces ``Limits.max_write`` (what bounds a scratch directory, :mod:`wagi.scratch`)."""
+    """Enforces ``Limits.max_write`` (what bounds a scratch directory,
+    :mod:`wagi.execution.scratch`)."""
     shared_io_threads: bool = False
     """Its WASI file I/O runs on process-wide helper threads, made by whichever thread first
     needed one and reused by every thread after it. Such threads carry their creator's
-    kernel confinement (:mod:`wagi.landlock`), not their caller's."""
+    kernel confinement (:mod:`wagi.execution.landlock`), not their caller's."""
+    components: bool = False
+    """Runs WASI 0.2 command components (``wasi:cli/run``) as well as core modules."""
 
 
 class LoadedModule(abc.ABC):
@@ -176,7 +203,19 @@ class LoadedModule(abc.ABC):
 
     path: Path
     exports: frozenset[str]
-    """Names of the exported functions."""
+    """Names of the exported functions (a component: ``_start``, its one way in)."""
+    entrypoints: frozenset[str]
+    """The exports a run can call: functions that take no parameters."""
+    kind: ClassVar[str] = "module"
+    """``"module"`` (a core WebAssembly module) or ``"component"`` (a WASI 0.2 command)."""
+    command: str = ""
+    """A component's ``wasi:cli/run@0.2.x`` export, by name; ``""`` for a core module."""
+
+    def describe(self) -> str:
+        """What the module is, for ``wagi check`` and messages."""
+        if self.kind == "component":
+            return f"component, exports {self.command or 'no wasi:cli/run'}"
+        return "module"
 
 
 class Engine(abc.ABC):
@@ -184,6 +223,12 @@ class Engine(abc.ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+
+    def __init__(self, cache: ArtifactCache | None = None) -> None:
+        """Make the engine: in a worker, never in the gunicorn master (an engine may start a
+        compiler, and a forked child of a process that compiled hangs). ``cache`` keeps
+        compiled modules for every worker and the next start; ``None`` keeps none."""
+        self._cache = cache
 
     @property
     @abc.abstractmethod
@@ -207,9 +252,8 @@ class Engine(abc.ABC):
     def seal_cache(self) -> None:
         """Never touch the artifact cache again: this process is confined and may neither
         read it nor write it (a module file replaced on disk is compiled in memory)."""
-        cache = getattr(self, "_cache", None)
-        if cache is not None:
-            cache.seal()
+        if self._cache is not None:
+            self._cache.seal()
 
     @property
     def broken(self) -> str:
@@ -227,6 +271,71 @@ class Engine(abc.ABC):
         :class:`RunResult`; only a failure to instantiate (say, a missing import)
         raises :class:`EngineError`.
         """
+
+    @staticmethod
+    def check_entrypoint(module: LoadedModule, name: str) -> None:
+        """Raise :class:`EngineError` unless a run can call ``name`` (one of the module's
+        :attr:`~LoadedModule.entrypoints`), saying why not in every engine's words."""
+        if name in module.entrypoints:
+            return
+        if module.kind == "component":
+            raise EngineError(
+                f"{module.path}: a component runs as a whole; it has no export {name!r}"
+            )
+        if name not in module.exports:
+            raise EngineError(f"{module.path}: no exported function {name!r}")
+        raise EngineError(f"{module.path}: exported function {name!r} takes parameters")
+
+
+COMPONENT_LAYER = b"\x0d\x00\x01\x00"
+"""The 4 bytes after ``\\0asm`` in a component (version 0x0d, layer 1); a core module has
+``01 00 00 00`` there."""
+
+
+def is_component(wasm: bytes) -> bool:
+    """Whether a WebAssembly binary is a component rather than a core module."""
+    return wasm[:4] == b"\0asm" and wasm[4:8] == COMPONENT_LAYER
+
+
+def file_is_component(path: Path) -> bool:
+    """Whether the file at ``path`` is a binary component (text and unreadable files: no).
+
+    Reads 8 bytes: cheap enough for policy, which runs before any engine exists.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    if head.startswith(b"\0asm"):
+        return is_component(head)
+    try:  # a .wat file: "(component" as its first form (comments aside, which are rare here)
+        text = Path(path).read_text("utf-8", "replace")
+    except OSError:
+        return False
+    return _first_form(text) == "component"
+
+
+def _first_form(text: str) -> str:
+    """The keyword of the first s-expression in WebAssembly text, skipping comments."""
+    i, n = 0, len(text)
+    while i < n:
+        if text.startswith(";;", i):
+            i = text.find("\n", i)
+            i = n if i < 0 else i + 1
+        elif text.startswith("(;", i):
+            i = text.find(";)", i)
+            i = n if i < 0 else i + 2
+        elif text[i].isspace():
+            i += 1
+        elif text[i] == "(":
+            j = i + 1
+            while j < n and not text[j].isspace() and text[j] not in "()":
+                j += 1
+            return text[i + 1 : j]
+        else:
+            return ""
+    return ""
 
 
 def read_module(path: Path) -> bytes:

@@ -9,6 +9,7 @@ declares the limit.
 :func:`cap_memory` lowers the maximum of the module's one memory, defined or
 imported, and copies every other byte of the module unchanged::
 
+    >>> import wasmtime
     >>> wasm = wasmtime.wat2wasm("(module (memory 1))")
     >>> capped = cap_memory(wasm, 16 << 20)       # (memory 1 256)
     >>> cap_memory(capped, 64 << 20) == capped    # 256 pages is already lower
