@@ -50,6 +50,7 @@ def environ() -> dict[str, Any]:
 
 def make_logger(accesslog: str | None, json: bool) -> Any:
     from gunicorn.config import Config
+
     from wagi.observability.logformat import GunicornLogger
 
     if json:
