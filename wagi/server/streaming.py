@@ -2,9 +2,12 @@
 
 :class:`ClientStream` is the :class:`~wagi.engines.base.StdoutSink` of a run on the
 serving thread. It holds the module's output back until the header block is
-complete *and* the run has lasted :data:`STREAM_AFTER` seconds or written
-:data:`HOLD_LIMIT` bytes; a run that ends sooner is answered whole, with a
-Content-Length. Otherwise it parses the header block, calls ``start_response``
+complete *and* either the module has written :data:`HOLD_LIMIT` bytes or it has
+written nothing for :data:`STREAM_AFTER` seconds while it goes on running (it is
+computing: what it wrote so far goes out now); a run that ends first is answered
+whole, with a Content-Length. Counting from the last write rather than the first
+keeps a module that writes steadily (and may yet overrun ``--max-response``, a 500
+while nothing was sent) whole however busy the machine is. Otherwise it parses the header block, calls ``start_response``
 and from then on hands every byte to the server's ``write`` as the module
 writes it: no pipe, no second thread, memory bounded by the hold limit.
 
@@ -34,8 +37,8 @@ from wagi.cgi.response import BadCgiResponse, parse_head, split_head
 from wagi.engines.base import OutputGone, OutputTimedOut, StdoutSink
 
 STREAM_AFTER = 0.005
-"""Seconds a module's output is held back from its first byte: a module that ends sooner
-is answered whole, with a Content-Length."""
+"""Seconds of silence after a write (the module computing) after which held output goes
+out; a module that ends first is answered whole, with a Content-Length."""
 
 HOLD_LIMIT = 256 * 1024
 """stdout bytes held back at most before streaming starts (once the header block is there)."""
@@ -114,10 +117,9 @@ class ClientStream(StdoutSink):
         if self._head is not None:  # the first body byte: now the status goes out
             self._begin(self._head, bytes(data))
             return
-        if not self._held:  # held from the first byte on (not from the module's start-up)
-            self._stream_at = time.monotonic() + self._stream_after
         self._held += data
-        if len(self._held) >= HOLD_LIMIT or time.monotonic() >= self._stream_at:
+        self._stream_at = time.monotonic() + self._stream_after  # counted from the last write
+        if len(self._held) >= HOLD_LIMIT:
             self._start()
 
     def tick(self) -> None:
