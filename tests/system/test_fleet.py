@@ -225,7 +225,8 @@ def start_fleet(
                 bind=address,
                 workers=1,
                 wait=False,
-                gunicorn_args=("--pid", str(pidfile)),
+                # The access log shows which instance answered (off by default: nginx logs).
+                gunicorn_args=("--pid", str(pidfile), "--access-logfile", "-"),
                 extra_env={"WAGI_TRUSTED_PROXY_HOPS": "1"},
             )
             fleet.instances.append(Instance(server, address, pidfile, config, directory))
