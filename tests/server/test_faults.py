@@ -246,7 +246,7 @@ def test_a_module_file_truncated_or_replaced_with_garbage_while_serving(
         damage()
         for _ in range(4):
             r = server.get("/m?hdr&print=ok", headers={"Connection": "close"})
-            assert (r.status_code, r.content) == (200, b"ok\n"), what
+            assert (r.status_code, r.content) == (200, b"ok\n"), (what, server.log()[mark:])
         get_ok(server, "/other?hdr&print=fine", b"fine\n", times=2)
         assert server.get("/healthz").status_code == 200
         lines = server.log()[mark:].splitlines()
