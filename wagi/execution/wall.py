@@ -169,10 +169,7 @@ class WorkerNeeds:
             return not any(p == folder or p.is_relative_to(folder) for p in hidden)
 
         code: list[Path] = []
-        import wagi
-
-        candidates = [Path(wagi.__file__).parent, *(Path(p) for p in sys.path if p)]
-        for path in candidates:
+        for path in _python_code_folders():
             folder = Path(os.path.abspath(path))
             if folder.is_dir() and safe(folder) and folder not in code:
                 code.append(folder)
@@ -199,6 +196,27 @@ class WorkerNeeds:
             *(PathRule(p) for p in self.code),
             *(PathRule(p) for p in self.modules),
         ]
+
+
+def _python_code_folders() -> list[Path]:
+    """Where this Python may still import from: its standard library, its site-packages and
+    wagi's own package. Not every ``sys.path`` entry: ``python -m gunicorn`` puts the working
+    directory there, which may be a home directory or hold anything."""
+    import site
+    import sysconfig
+
+    import wagi
+
+    paths = sysconfig.get_paths()
+    folders = [Path(wagi.__file__).parent]
+    folders += [Path(paths[key]) for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    folders += [Path(p) for p in site.getsitepackages()]
+    folders += [
+        Path(p)
+        for p in sys.path
+        if p and Path(p).name in ("site-packages", "dist-packages", "lib-dynload")
+    ]
+    return folders
 
 
 @dataclass(frozen=True)

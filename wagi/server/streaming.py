@@ -7,9 +7,10 @@ written nothing for :data:`STREAM_AFTER` seconds while it goes on running (it is
 computing: what it wrote so far goes out now); a run that ends first is answered
 whole, with a Content-Length. Counting from the last write rather than the first
 keeps a module that writes steadily (and may yet overrun ``--max-response``, a 500
-while nothing was sent) whole however busy the machine is. Otherwise it parses the header block, calls ``start_response``
-and from then on hands every byte to the server's ``write`` as the module
-writes it: no pipe, no second thread, memory bounded by the hold limit.
+while nothing was sent) whole however busy the machine is. Otherwise it parses the
+header block, calls ``start_response`` and from then on hands every byte to the
+server's ``write`` as the module writes it: no pipe, no second thread, memory
+bounded by the hold limit.
 
 A slow client cannot keep a module past its deadline: each write waits for the
 client socket at most until the run's deadline (``OutputTimedOut``, and the run
