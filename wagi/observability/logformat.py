@@ -23,6 +23,7 @@ import logging
 import os
 from typing import Any
 
+from gunicorn.config import AccessLogFormat
 from gunicorn.glogging import Logger
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
@@ -59,6 +60,10 @@ class JsonFormatter(_JsonFormatter):
         return {"time": log_data.pop("time"), **log_data}
 
 
+_DEFAULT_ACCESS_FORMAT = AccessLogFormat.default
+"""gunicorn's own access line: what most servers log, and what nginx logs in front."""
+
+
 class GunicornLogger(Logger):  # type: ignore[misc]  # gunicorn has no type hints
     """gunicorn's logger (``logger_class``): with ``--log-format json`` its error and access
     lines are JSON objects; otherwise it is gunicorn's own, unchanged.
@@ -79,7 +84,10 @@ class GunicornLogger(Logger):  # type: ignore[misc]  # gunicorn has no type hint
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
         if not self.json:
-            super().access(resp, req, environ, request_time)
+            if self.cfg.access_log_format == _DEFAULT_ACCESS_FORMAT:
+                self._default_access_line(resp, environ)
+            else:
+                super().access(resp, req, environ, request_time)
             return
         if not self.access_log_enabled:
             return
@@ -106,5 +114,34 @@ class GunicornLogger(Logger):  # type: ignore[misc]  # gunicorn has no type hint
         fields = {key: value for key, value in fields.items() if value is not None}
         try:
             self.access_log.info("%s %s %s", method, target, status, extra=fields)
+        except Exception:
+            self.exception("cannot write the access log line")
+
+    def _default_access_line(self, resp: Any, environ: dict[str, Any]) -> None:
+        """gunicorn's default access line, byte for byte, from the nine atoms it names.
+
+        gunicorn's own ``access`` first copies every request header, response header and
+        environ variable into its atoms (for formats that name them): about 28 µs of CPU a
+        request, where this costs a few (docs/performance.md).
+        """
+        if not self.access_log_enabled:
+            return
+        status = resp.status
+        if isinstance(status, str):
+            status = status.split(None, 1)[0]
+        sent = getattr(resp, "sent", None)
+        atoms = {
+            "h": environ.get("REMOTE_ADDR", "-"),
+            "l": "-",
+            "u": self._get_user(environ) or "-",
+            "t": self.now(),
+            "r": f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}",
+            "s": status,
+            "b": str(sent) if sent is not None else "-",
+            "f": environ.get("HTTP_REFERER", "-"),
+            "a": environ.get("HTTP_USER_AGENT", "-"),
+        }
+        try:
+            self.access_log.info(self.cfg.access_log_format, self.atoms_wrapper_class(atoms))
         except Exception:
             self.exception("cannot write the access log line")
